@@ -1,0 +1,9 @@
+//! zen-websocket: a synchronous, thread-based WebSocket client (crate docs are written in lib.rs).
+#![forbid(unsafe_code)]
+#![deny(missing_docs, missing_debug_implementations)]
+
+mod error;
+mod message;
+
+pub use error::{ConfigError, Error, ErrorCategory, PoolError, ProtocolError, Recovery, Result, TimeoutKind};
+pub use message::{close_code, CloseFrame, Message};
