@@ -330,9 +330,8 @@ impl Error {
             Error::Storage { .. } | Error::ReplayMismatch { .. } | Error::Assertion(_) => {
                 ErrorCategory::Storage
             }
-            Error::Pool(PoolError::AttemptsExhausted(_)) | Error::Pool(PoolError::NoneConnected) => {
-                ErrorCategory::Connection
-            }
+            Error::Pool(PoolError::AttemptsExhausted(_))
+            | Error::Pool(PoolError::NoneConnected) => ErrorCategory::Connection,
             Error::Pool(_) => ErrorCategory::Config,
         }
     }
@@ -363,9 +362,8 @@ impl Error {
             Error::Storage { .. } | Error::ReplayMismatch { .. } | Error::Assertion(_) => {
                 Recovery::Stop
             }
-            Error::Pool(PoolError::AttemptsExhausted(_)) | Error::Pool(PoolError::NoneConnected) => {
-                Recovery::Retry
-            }
+            Error::Pool(PoolError::AttemptsExhausted(_))
+            | Error::Pool(PoolError::NoneConnected) => Recovery::Retry,
             Error::Pool(_) => Recovery::Stop,
         }
     }
@@ -495,9 +493,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Config(e) => Some(e),
-            Error::Dns { source, .. } | Error::Io { source, .. } | Error::Storage { source, .. } => {
-                Some(source)
-            }
+            Error::Dns { source, .. }
+            | Error::Io { source, .. }
+            | Error::Storage { source, .. } => Some(source),
             Error::RetriesExhausted { last, .. } => Some(last.as_ref()),
             _ => None,
         }
@@ -529,7 +527,11 @@ mod tests {
     #[test]
     fn error_stays_small() {
         // Errors travel through channels and Results on hot paths; keep them small.
-        assert!(std::mem::size_of::<Error>() <= 64, "{}", std::mem::size_of::<Error>());
+        assert!(
+            std::mem::size_of::<Error>() <= 64,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
     }
 
     #[test]

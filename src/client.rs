@@ -1,0 +1,392 @@
+//! The [`Client`] handle, its [`Event`]s, [`ClientStats`] and [`ConnectionState`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::connection::transport;
+use crate::connection::{self, Shared};
+use crate::error::{ConfigError, Error, Result};
+use crate::message::Message;
+
+/// The state of a client's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// The first connection is being opened.
+    Connecting,
+    /// Open: sends go out.
+    Connected,
+    /// The connection was lost; the client is reconnecting.
+    Reconnecting,
+    /// `close()` was called; the close handshake is under way.
+    Closing,
+    /// Terminal: closed by the user or the peer, or reconnection gave up.
+    Closed,
+}
+
+impl ConnectionState {
+    pub(crate) fn to_u8(self) -> u8 {
+        match self {
+            ConnectionState::Connecting => 0,
+            ConnectionState::Connected => 1,
+            ConnectionState::Reconnecting => 2,
+            ConnectionState::Closing => 3,
+            ConnectionState::Closed => 4,
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> ConnectionState {
+        match v {
+            0 => ConnectionState::Connecting,
+            1 => ConnectionState::Connected,
+            2 => ConnectionState::Reconnecting,
+            3 => ConnectionState::Closing,
+            _ => ConnectionState::Closed,
+        }
+    }
+}
+
+/// Who started a close handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseInitiator {
+    /// [`Client::close`] (or dropping the last handle).
+    User,
+    /// The server sent a close frame.
+    Peer,
+}
+
+/// What a client reports on its [`Client::events`] channel.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The first connection is open.
+    Connected {
+        /// The URL connected to.
+        url: String,
+    },
+    /// A text or binary message from the server.
+    Message(Message),
+    /// The connection was lost; reconnection follows when enabled.
+    Disconnected {
+        /// Why.
+        cause: Arc<Error>,
+    },
+    /// A reconnection attempt starts after `delay`.
+    Reconnecting {
+        /// 1 for the first attempt after a disconnect.
+        attempt: u32,
+        /// The backoff delay before this attempt (zero for the first).
+        delay: Duration,
+        /// The disconnect cause, or the previous attempt's error.
+        cause: Arc<Error>,
+    },
+    /// A reconnection attempt failed.
+    ReconnectFailed {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why it failed.
+        error: Arc<Error>,
+    },
+    /// The connection is open again (after `on_connect` and the subscription restore).
+    Reconnected {
+        /// Which attempt succeeded.
+        attempt: u32,
+    },
+    /// Terminal: the connection was closed with this code and reason.
+    Closed {
+        /// The close code (1000 for a user close).
+        code: u16,
+        /// The reason.
+        reason: String,
+        /// Who started it.
+        initiator: CloseInitiator,
+    },
+    /// Terminal: reconnection gave up.
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last_error: Arc<Error>,
+    },
+}
+
+impl Event {
+    /// True for the last event a client sends ([`Event::Closed`], [`Event::GaveUp`]).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::Closed { .. } | Event::GaveUp { .. })
+    }
+
+    /// The message, if this is a message event.
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Event::Message(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// A snapshot of a client's counters.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// The connection state.
+    pub state: ConnectionState,
+    /// Data messages received.
+    pub messages_in: u64,
+    /// Data messages sent.
+    pub messages_out: u64,
+    /// Payload bytes received.
+    pub bytes_in: u64,
+    /// Payload bytes sent.
+    pub bytes_out: u64,
+    /// Successful reconnections.
+    pub reconnects: u64,
+    /// Pings sent.
+    pub pings_sent: u64,
+    /// Pongs to our pings received.
+    pub pongs_received: u64,
+    /// The last ping round trip.
+    pub last_rtt: Option<Duration>,
+    /// The smoothed ping round trip (7/8 old + 1/8 new).
+    pub smoothed_rtt: Option<Duration>,
+    /// Messages dropped under [`crate::EventPolicy::DropNewest`].
+    pub dropped_events: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) pings_sent: AtomicU64,
+    pub(crate) pongs_received: AtomicU64,
+    pub(crate) dropped_events: AtomicU64,
+}
+
+/// Optional parts of a [`Config`] that other modules add (protocol, rate limit,
+/// recording).
+#[derive(Clone, Default)]
+pub(crate) struct Extensions {}
+
+impl Extensions {
+    pub(crate) fn validate(&self) -> std::result::Result<(), ConfigError> {
+        Ok(())
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A connected WebSocket client. Cheap to clone; every clone talks to the same
+/// connection, from any thread.
+///
+/// [`Client::connect`] blocks until the connection is open. A connection thread
+/// (`zen-ws-conn-<id>`) then reads the socket, answers pings, sends heartbeats
+/// and reconnects. Sends are written by the calling thread. Closing, or dropping
+/// the last clone, performs the close handshake and joins the thread.
+///
+/// ```
+/// use std::time::Duration;
+/// use zen_websocket::{testing::MockServer, Client, Config, Event, Message};
+///
+/// let server = MockServer::start()?; // a local echo server
+/// let client = Client::connect(Config::new(server.url())?)?;
+/// client.send_text("hello")?;
+/// let events = client.events();
+/// loop {
+///     match events.recv_timeout(Duration::from_secs(5)) {
+///         Ok(Event::Message(Message::Text(t))) => {
+///             assert_eq!(t, "hello");
+///             break;
+///         }
+///         Ok(_) => continue,
+///         Err(e) => panic!("no echo: {e}"),
+///     }
+/// }
+/// client.close()?;
+/// # Ok::<(), zen_websocket::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    handle: Arc<Handle>,
+}
+
+/// Owns the thread; its `Drop` (when the last `Client` clone goes) closes.
+struct Handle {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    done: Receiver<()>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Errors here can only mean "already closed".
+        let _ = close_and_join(&self.shared, &self.thread, &self.done);
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.handle.shared.id)
+            .field("url", &self.handle.shared.config.url())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connect and return once the connection is open (or fail with the real cause:
+    /// refused, DNS, TLS, timeout, HTTP status of a refused upgrade).
+    pub fn connect(config: Config) -> Result<Client> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if config.debug {
+            log::debug!(target: "zen_websocket", "conn {id}: connecting to {}", config.url());
+        }
+        let socket = transport::dial(&config)?;
+        let (events_tx, events_rx) = crossbeam_channel::bounded(config.event_capacity);
+        let (doorbell_tx, doorbell_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let shared = Arc::new(Shared {
+            id,
+            state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
+            closing: AtomicBool::new(false),
+            socket: Mutex::new(None),
+            raw: Mutex::new(None),
+            events_rx,
+            doorbell_tx,
+            counters: Counters::default(),
+            rtt: Mutex::new((None, None)),
+            config,
+        });
+        let conn = connection::Conn::new(shared.clone(), events_tx, doorbell_rx, done_tx);
+        let opened = conn.open_first(socket)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("zen-ws-conn-{id}"))
+            .stack_size(shared.config.thread_stack_size)
+            .spawn(move || opened.run())
+            .map_err(|e| Error::io("spawning the connection thread", e))?;
+        Ok(Client {
+            handle: Arc::new(Handle {
+                shared,
+                thread: Mutex::new(Some(thread)),
+                done: done_rx,
+            }),
+        })
+    }
+
+    /// The client's id (unique in this process; also the thread's name suffix).
+    pub fn id(&self) -> u64 {
+        self.handle.shared.id
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &Config {
+        &self.handle.shared.config
+    }
+
+    /// The event channel: messages and lifecycle events. Every call returns a handle
+    /// to the same channel; each event goes to one receiver.
+    pub fn events(&self) -> Receiver<Event> {
+        self.handle.shared.events_rx.clone()
+    }
+
+    /// The connection state now.
+    pub fn state(&self) -> ConnectionState {
+        self.handle.shared.state()
+    }
+
+    /// True when connected.
+    pub fn is_connected(&self) -> bool {
+        self.state() == ConnectionState::Connected
+    }
+
+    /// Send a text message.
+    pub fn send_text(&self, text: impl Into<String>) -> Result<()> {
+        self.send(Message::Text(text.into()))
+    }
+
+    /// Send a binary message.
+    pub fn send_binary(&self, data: impl Into<Vec<u8>>) -> Result<()> {
+        self.send(Message::Binary(data.into()))
+    }
+
+    /// Send a value as a JSON text message.
+    pub fn send_json(&self, value: &serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string(value).map_err(|e| Error::Json(e.to_string()))?;
+        self.send(Message::Text(text))
+    }
+
+    /// Send a message. It is written to the socket on the calling thread before
+    /// this returns. While not connected, fails at once with
+    /// [`Error::NotConnected`] (recoverable) or [`Error::Closed`].
+    pub fn send(&self, message: Message) -> Result<()> {
+        self.handle.shared.send(message)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ClientStats {
+        self.handle.shared.stats()
+    }
+
+    /// Close: send a close frame (1000), wait up to `close_timeout` for the peer's
+    /// reply, stop the connection thread and join it. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        close_and_join(&self.handle.shared, &self.handle.thread, &self.handle.done)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+}
+
+fn close_and_join(
+    shared: &Arc<Shared>,
+    thread: &Mutex<Option<JoinHandle<()>>>,
+    done: &Receiver<()>,
+) -> Result<()> {
+    let first = !shared.closing.swap(true, Ordering::SeqCst);
+    if first {
+        if shared.state() != ConnectionState::Closed {
+            shared.set_state(ConnectionState::Closing);
+        }
+        // Wake the thread if it sleeps in a backoff wait or on a full event channel.
+        let _ = shared.doorbell_tx.try_send(());
+        shared.send_close_frame();
+    }
+    let Some(handle) = thread.lock().take() else {
+        return Ok(());
+    };
+    // The thread waits for the peer's close reply itself; give it close_timeout
+    // (plus the time a dial in progress may still take), then cut the socket so
+    // that any read it blocks in returns.
+    let grace = shared.config.close_timeout + Duration::from_millis(200);
+    let started = Instant::now();
+    if done.recv_timeout(grace).is_err() {
+        shared.shutdown_socket();
+        // A dial in progress cannot be interrupted; it is bounded by connect_timeout.
+        let _ = done.recv_timeout(shared.config.connect_timeout + grace);
+    }
+    if shared.config.debug {
+        log::debug!(target: "zen_websocket", "conn {}: closed in {:?}", shared.id, started.elapsed());
+    }
+    if handle.join().is_err() {
+        log::error!(target: "zen_websocket", "conn {}: connection thread panicked", shared.id);
+    }
+    shared.set_state(ConnectionState::Closed);
+    Ok(())
+}
+
+// Client handles are shared across threads by design.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Client>();
+};

@@ -1,0 +1,658 @@
+//! The connection thread: one per client. It waits for data on the socket (or
+//! the next heartbeat deadline), drains what arrived, answers pings, delivers
+//! events, and reconnects with backoff when the connection is lost.
+//!
+//! How it waits: the thread holds its own `try_clone` of the TCP socket and
+//! blocks in `peek` with a read timeout set to the next heartbeat deadline. It
+//! holds no lock while it waits, so a sender on any thread takes the socket
+//! lock, writes and flushes at once. When `peek` reports data, the thread takes
+//! the lock, switches the socket to non-blocking and reads frames until the
+//! stream would block (which also drains bytes a TLS layer has already
+//! decrypted), at most [`BURST`] messages per lock hold so that senders get a
+//! turn. An idle connection therefore wakes only for heartbeats.
+
+pub(crate) mod backoff;
+pub(crate) mod heartbeat;
+pub(crate) mod transport;
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use parking_lot::{Mutex, MutexGuard};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame as WsCloseFrame;
+use tungstenite::Message as WsMessage;
+
+use crate::client::{ClientStats, CloseInitiator, ConnectionState, Counters, Event};
+use crate::config::{Config, EventPolicy};
+use crate::error::{Error, Result, TimeoutKind};
+use crate::message::Message;
+
+use backoff::Backoff;
+use heartbeat::{Heartbeat, HeartbeatAction};
+use transport::{clamp_wait, is_would_block, would_block, Socket};
+
+/// Messages read per lock hold before senders get a turn.
+const BURST: usize = 256;
+
+/// State shared by the [`crate::Client`] handles and the connection thread.
+///
+/// Lock order: `socket`, then `raw`, then `rtt`. `socket` is held for one write
+/// (by senders) or one burst of non-blocking reads (by the thread), never
+/// across a blocking wait for data.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    pub(crate) state: AtomicU8,
+    pub(crate) closing: AtomicBool,
+    pub(crate) socket: Mutex<Option<Socket>>,
+    /// A clone of the TCP socket for `shutdown`, reachable while a burst holds `socket`.
+    pub(crate) raw: Mutex<Option<TcpStream>>,
+    pub(crate) events_rx: Receiver<Event>,
+    pub(crate) doorbell_tx: Sender<()>,
+    pub(crate) counters: Counters,
+    pub(crate) rtt: Mutex<(Option<Duration>, Option<Duration>)>,
+}
+
+impl Shared {
+    pub(crate) fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, s: ConnectionState) {
+        self.state.store(s.to_u8(), Ordering::Release);
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    fn check_sendable(&self) -> Result<()> {
+        match self.state() {
+            ConnectionState::Connected => Ok(()),
+            ConnectionState::Closing | ConnectionState::Closed => Err(Error::Closed),
+            _ => Err(Error::NotConnected),
+        }
+    }
+
+    /// Write one message on the calling thread.
+    pub(crate) fn send(&self, message: Message) -> Result<()> {
+        self.check_sendable()?;
+        let len = message.len() as u64;
+        let ws = match message {
+            Message::Text(t) => WsMessage::Text(t.into()),
+            Message::Binary(b) => WsMessage::Binary(b.into()),
+        };
+        let mut guard = self.socket.lock();
+        let sock = guard.as_mut().ok_or(Error::NotConnected)?;
+        if let Err(e) = sock.ws.send(ws) {
+            let err = transport::ws_error(e, "sending");
+            // A failed write leaves the stream in an unknown state: cut it so the
+            // connection thread notices at once and reconnects.
+            sock.shutdown();
+            return Err(err);
+        }
+        drop(guard);
+        self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_out.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Start the close handshake from the closing thread (best effort).
+    pub(crate) fn send_close_frame(&self) {
+        let mut guard = self.socket.lock();
+        if let Some(sock) = guard.as_mut() {
+            let frame = WsCloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            };
+            if sock
+                .ws
+                .close(Some(frame))
+                .and_then(|_| sock.ws.flush())
+                .is_err()
+            {
+                sock.shutdown();
+            }
+        }
+    }
+
+    /// Cut the TCP connection so a blocked read returns.
+    pub(crate) fn shutdown_socket(&self) {
+        if let Some(raw) = self.raw.lock().as_ref() {
+            let _ = raw.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ClientStats {
+        let c = &self.counters;
+        let (last_rtt, smoothed_rtt) = *self.rtt.lock();
+        ClientStats {
+            state: self.state(),
+            messages_in: c.messages_in.load(Ordering::Relaxed),
+            messages_out: c.messages_out.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            pings_sent: c.pings_sent.load(Ordering::Relaxed),
+            pongs_received: c.pongs_received.load(Ordering::Relaxed),
+            last_rtt,
+            smoothed_rtt,
+            dropped_events: c.dropped_events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The user closed; `reply_seen` when the peer's close reply already arrived.
+    UserClose { reply_seen: bool },
+    /// The peer sent a close frame.
+    PeerClosed { code: u16, reason: String },
+    /// The connection failed.
+    Lost(Error),
+}
+
+enum Drain {
+    /// The stream would block: wait for data again.
+    Empty,
+    /// The burst limit was reached with data possibly left in buffers.
+    More,
+    Ended(End),
+}
+
+/// The connection thread's own state.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    doorbell: Receiver<()>,
+    // Dropped when the thread ends, which tells `close()` it is done.
+    _done: Sender<()>,
+    heartbeat: Heartbeat,
+    backoff: Backoff,
+    peek: Option<TcpStream>,
+    connected_at: Instant,
+}
+
+impl Conn {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        events: Sender<Event>,
+        doorbell: Receiver<()>,
+        done: Sender<()>,
+    ) -> Conn {
+        let c = &shared.config;
+        let now = Instant::now();
+        Conn {
+            heartbeat: Heartbeat::new(c.heartbeat_interval, c.heartbeat_timeout, now),
+            backoff: Backoff::new(c.retry_delay, c.max_retry_delay),
+            shared,
+            events,
+            doorbell,
+            _done: done,
+            peek: None,
+            connected_at: now,
+        }
+    }
+
+    fn debug(&self, what: std::fmt::Arguments<'_>) {
+        if self.shared.config.debug {
+            log::debug!(target: "zen_websocket", "conn {}: {what}", self.shared.id);
+        }
+    }
+
+    /// Install the first socket (on the caller's thread, before the thread starts).
+    pub(crate) fn open_first(mut self, socket: Socket) -> Result<Conn> {
+        self.install(socket)?;
+        self.shared.set_state(ConnectionState::Connected);
+        let url = self.shared.config.url();
+        self.debug(format_args!("connected to {url}"));
+        // The channel is new and has room: this never blocks.
+        let _ = self.events.try_send(Event::Connected { url });
+        Ok(self)
+    }
+
+    fn install(&mut self, socket: Socket) -> Result<()> {
+        let peek = socket
+            .raw
+            .try_clone()
+            .map_err(|e| Error::io("cloning the socket", e))?;
+        let raw = socket
+            .raw
+            .try_clone()
+            .map_err(|e| Error::io("cloning the socket", e))?;
+        *self.shared.socket.lock() = Some(socket);
+        *self.shared.raw.lock() = Some(raw);
+        self.peek = Some(peek);
+        let now = Instant::now();
+        self.heartbeat.restart(now);
+        self.connected_at = now;
+        Ok(())
+    }
+
+    fn drop_socket(&mut self) {
+        let old = self.shared.socket.lock().take();
+        *self.shared.raw.lock() = None;
+        self.peek = None;
+        if let Some(s) = old {
+            s.shutdown();
+        }
+    }
+
+    /// The thread's main loop: serve, reconnect, until closed or given up.
+    pub(crate) fn run(mut self) {
+        loop {
+            let end = self.serve();
+            self.debug(format_args!("connection ended: {end:?}"));
+            let cause = match end {
+                End::UserClose { reply_seen } => {
+                    self.finish_close(reply_seen);
+                    self.emit_closed(1000, String::new(), CloseInitiator::User);
+                    break;
+                }
+                End::PeerClosed { code, reason } => {
+                    self.drop_socket();
+                    if self.shared.is_closing() {
+                        self.emit_closed(code, reason, CloseInitiator::User);
+                        break;
+                    }
+                    if !self.shared.config.reconnect_on_error || refuses_reconnect(code) {
+                        self.emit_closed(code, reason, CloseInitiator::Peer);
+                        break;
+                    }
+                    Error::PeerClosed { code, reason }
+                }
+                End::Lost(e) => {
+                    self.drop_socket();
+                    if self.shared.is_closing() {
+                        self.emit_closed(1000, String::new(), CloseInitiator::User);
+                        break;
+                    }
+                    e
+                }
+            };
+            let cause = Arc::new(cause);
+            if !self.shared.config.reconnect_on_error || !cause.is_recoverable() {
+                self.emit_lifecycle(Event::Disconnected {
+                    cause: cause.clone(),
+                });
+                self.emit_closed(1006, cause.to_string(), CloseInitiator::Peer);
+                break;
+            }
+            match self.reconnect(cause) {
+                Reconnect::Done => continue,
+                Reconnect::Closing => {
+                    self.drop_socket();
+                    self.emit_closed(1000, String::new(), CloseInitiator::User);
+                    break;
+                }
+                Reconnect::GaveUp => break,
+            }
+        }
+        self.drop_socket();
+        self.shared.set_state(ConnectionState::Closed);
+    }
+
+    fn emit_closed(&mut self, code: u16, reason: String, initiator: CloseInitiator) {
+        self.shared.set_state(ConnectionState::Closed);
+        self.emit_lifecycle(Event::Closed {
+            code,
+            reason,
+            initiator,
+        });
+    }
+
+    /// Serve one open connection until it ends.
+    fn serve(&mut self) -> End {
+        let mut probe = [0u8; 1];
+        loop {
+            if self.shared.is_closing() {
+                return End::UserClose { reply_seen: false };
+            }
+            if let Err(end) = self.tick() {
+                return end;
+            }
+            let Some(peek) = self.peek.as_ref() else {
+                return End::Lost(Error::NotConnected);
+            };
+            let wait = self
+                .heartbeat
+                .next_wake()
+                .map(|t| clamp_wait(t.saturating_duration_since(Instant::now())));
+            if let Err(e) = peek.set_read_timeout(wait) {
+                return End::Lost(Error::io("waiting for data", e));
+            }
+            match peek.peek(&mut probe) {
+                Ok(_) => loop {
+                    match self.drain() {
+                        Drain::Empty => break,
+                        Drain::More => {
+                            if self.shared.is_closing() {
+                                return End::UserClose { reply_seen: false };
+                            }
+                            if let Err(end) = self.tick() {
+                                return end;
+                            }
+                        }
+                        Drain::Ended(end) => return end,
+                    }
+                },
+                Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if self.shared.is_closing() {
+                        return End::UserClose { reply_seen: false };
+                    }
+                    return End::Lost(Error::io("waiting for data", e));
+                }
+            }
+        }
+    }
+
+    /// Heartbeat duties: send a due ping, or declare the peer dead.
+    fn tick(&mut self) -> std::result::Result<(), End> {
+        match self.heartbeat.poll(Instant::now()) {
+            HeartbeatAction::Idle => Ok(()),
+            HeartbeatAction::PeerDead => Err(End::Lost(Error::Timeout(TimeoutKind::Pong))),
+            HeartbeatAction::Ping(payload) => {
+                let mut guard = self.shared.socket.lock();
+                let sock = guard.as_mut().ok_or(End::Lost(Error::NotConnected))?;
+                sock.ws
+                    .send(WsMessage::Ping(payload.into()))
+                    .map_err(|e| End::Lost(transport::ws_error(e, "sending a ping")))?;
+                self.shared
+                    .counters
+                    .pings_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Read everything available (up to a burst), then deliver it.
+    fn drain(&mut self) -> Drain {
+        let closing = self.shared.is_closing();
+        let mut batch: Vec<Message> = Vec::new();
+        let mut end = None;
+        let mut stopped = false;
+        {
+            let shared = self.shared.clone();
+            let mut guard = shared.socket.lock();
+            let Some(sock) = guard.as_mut() else {
+                return Drain::Ended(End::Lost(Error::NotConnected));
+            };
+            if let Err(e) = sock.set_nonblocking(true) {
+                return Drain::Ended(End::Lost(Error::io("reading", e)));
+            }
+            for _ in 0..BURST {
+                match sock.ws.read() {
+                    Ok(WsMessage::Text(t)) => batch.push(Message::Text(t.as_str().to_owned())),
+                    Ok(WsMessage::Binary(b)) => batch.push(Message::Binary(b.to_vec())),
+                    Ok(WsMessage::Ping(_)) | Ok(WsMessage::Frame(_)) => {}
+                    Ok(WsMessage::Pong(p)) => self.on_pong(&p),
+                    Ok(WsMessage::Close(frame)) => {
+                        end = Some(if closing {
+                            End::UserClose { reply_seen: true }
+                        } else {
+                            let (code, reason) = frame
+                                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                                .unwrap_or((1005, String::new()));
+                            End::PeerClosed { code, reason }
+                        });
+                        stopped = true;
+                        break;
+                    }
+                    Err(e) if would_block(&e) => {
+                        stopped = true;
+                        break;
+                    }
+                    Err(e) => {
+                        end = Some(if closing {
+                            End::UserClose { reply_seen: true }
+                        } else {
+                            End::Lost(transport::ws_error(e, "reading"))
+                        });
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+
+            if let Err(e) = sock.set_nonblocking(false) {
+                end.get_or_insert(End::Lost(Error::io("reading", e)));
+            }
+            // Pongs and close replies that tungstenite queued while reading go out now.
+            if let Err(e) = sock.ws.flush() {
+                if end.is_none() {
+                    end = Some(End::Lost(transport::ws_error(e, "sending")));
+                }
+            }
+            // Hand the lock to a waiting sender rather than re-taking it ourselves.
+            MutexGuard::unlock_fair(guard);
+        }
+        if let Err(end) = self.deliver(batch) {
+            return Drain::Ended(end);
+        }
+        match end {
+            Some(e) => Drain::Ended(e),
+            None if !stopped => Drain::More,
+            None => Drain::Empty,
+        }
+    }
+
+    fn on_pong(&mut self, payload: &[u8]) {
+        if self.heartbeat.on_pong(payload, Instant::now()).is_some() {
+            self.shared
+                .counters
+                .pongs_received
+                .fetch_add(1, Ordering::Relaxed);
+            *self.shared.rtt.lock() = (self.heartbeat.last_rtt(), self.heartbeat.smoothed_rtt());
+        }
+    }
+
+    fn deliver(&mut self, batch: Vec<Message>) -> std::result::Result<(), End> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let bytes: usize = batch.iter().map(Message::len).sum();
+        let c = &self.shared.counters;
+        c.messages_in
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        for m in batch {
+            self.emit(Event::Message(m), self.shared.config.event_policy)?;
+        }
+        Ok(())
+    }
+
+    /// Lifecycle events are never dropped.
+    fn emit_lifecycle(&mut self, ev: Event) {
+        let _ = self.emit(ev, EventPolicy::Block);
+    }
+
+    /// Put an event on the channel under `policy`. While blocked on a full channel
+    /// the thread still wakes for `close()`; the time blocked does not count
+    /// against the peer's pong deadline.
+    fn emit(&mut self, ev: Event, policy: EventPolicy) -> std::result::Result<(), End> {
+        let ev = match self.events.try_send(ev) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(_)) => return Ok(()),
+            Err(TrySendError::Full(ev)) => ev,
+        };
+        if policy == EventPolicy::DropNewest && !ev.is_lifecycle() {
+            self.shared
+                .counters
+                .dropped_events
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let blocked_at = Instant::now();
+        let mut ev = ev;
+        // Wait in slices so that `close()` is noticed while the consumer is away.
+        loop {
+            match self.events.send_timeout(ev, Duration::from_millis(20)) {
+                Ok(()) | Err(SendTimeoutError::Disconnected(_)) => break,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.shared.is_closing() {
+                        return Err(End::UserClose { reply_seen: false });
+                    }
+                    ev = back;
+                }
+            }
+        }
+        self.heartbeat.extend(blocked_at.elapsed());
+        Ok(())
+    }
+
+    /// After a user close: wait (bounded) for the peer's close reply, then drop the socket.
+    fn finish_close(&mut self, reply_seen: bool) {
+        if !reply_seen {
+            let deadline = Instant::now() + self.shared.config.close_timeout;
+            let mut probe = [0u8; 1];
+            'wait: while let Some(peek) = self.peek.as_ref() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || peek.set_read_timeout(Some(clamp_wait(left))).is_err() {
+                    break;
+                }
+                match peek.peek(&mut probe) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if is_would_block(&e) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let mut guard = self.shared.socket.lock();
+                let Some(sock) = guard.as_mut() else { break };
+                if sock.set_nonblocking(true).is_err() {
+                    break;
+                }
+                // Discard data that was in flight; stop at the close reply. The
+                // deadline is checked on every read so a flood cannot hold us.
+                while Instant::now() < deadline {
+                    match sock.ws.read() {
+                        Ok(WsMessage::Close(_)) => break 'wait,
+                        Ok(_) => {}
+                        Err(e) if would_block(&e) => break,
+                        Err(_) => break 'wait,
+                    }
+                }
+                let _ = sock.set_nonblocking(false);
+            }
+        }
+        if let Some(sock) = self.shared.socket.lock().as_mut() {
+            let _ = sock.set_nonblocking(false);
+            let _ = sock.ws.flush();
+        }
+        self.drop_socket();
+    }
+
+    fn reconnect(&mut self, cause: Arc<Error>) -> Reconnect {
+        self.shared.set_state(ConnectionState::Reconnecting);
+        self.emit_lifecycle(Event::Disconnected {
+            cause: cause.clone(),
+        });
+        if self.connected_at.elapsed() >= self.shared.config.stable_after {
+            self.backoff.reset();
+        }
+        let mut last = cause;
+        loop {
+            let attempts = self.backoff.attempt();
+            if let Some(max) = self.shared.config.retry_count {
+                if attempts >= max {
+                    self.debug(format_args!("giving up after {attempts} attempts"));
+                    self.shared.set_state(ConnectionState::Closed);
+                    self.emit_lifecycle(Event::GaveUp {
+                        attempts,
+                        last_error: last,
+                    });
+                    return Reconnect::GaveUp;
+                }
+            }
+            let delay = self.backoff.next_delay();
+            let attempt = self.backoff.attempt();
+            self.debug(format_args!(
+                "reconnect attempt {attempt} in {delay:?} after: {last}"
+            ));
+            self.emit_lifecycle(Event::Reconnecting {
+                attempt,
+                delay,
+                cause: last.clone(),
+            });
+            if self.wait_or_close(delay) {
+                return Reconnect::Closing;
+            }
+            let result = transport::dial(&self.shared.config).and_then(|s| self.install(s));
+            if self.shared.is_closing() {
+                return Reconnect::Closing;
+            }
+            match result {
+                Ok(()) => {
+                    self.shared.set_state(ConnectionState::Connected);
+                    self.shared
+                        .counters
+                        .reconnects
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.debug(format_args!("reconnected on attempt {attempt}"));
+                    self.emit_lifecycle(Event::Reconnected { attempt });
+                    return Reconnect::Done;
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    self.debug(format_args!("attempt {attempt} failed: {e}"));
+                    self.emit_lifecycle(Event::ReconnectFailed {
+                        attempt,
+                        error: e.clone(),
+                    });
+                    if !e.is_recoverable() {
+                        self.shared.set_state(ConnectionState::Closed);
+                        self.emit_lifecycle(Event::GaveUp {
+                            attempts: attempt,
+                            last_error: e,
+                        });
+                        return Reconnect::GaveUp;
+                    }
+                    last = e;
+                }
+            }
+        }
+    }
+
+    /// Sleep for `delay`, returning early (true) when the client is closing.
+    fn wait_or_close(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            if self.shared.is_closing() {
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // A ring means "look at the closing flag"; a timeout means the wait is over.
+            if self.doorbell.recv_timeout(left).is_err() {
+                return self.shared.is_closing();
+            }
+        }
+    }
+}
+
+enum Reconnect {
+    Done,
+    Closing,
+    GaveUp,
+}
+
+/// Peer close codes that say the same connection would be refused again.
+fn refuses_reconnect(code: u16) -> bool {
+    matches!(code, 1003 | 1007 | 1008 | 1010)
+}
+
+impl Event {
+    fn is_lifecycle(&self) -> bool {
+        !matches!(self, Event::Message(_))
+    }
+}
