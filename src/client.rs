@@ -14,6 +14,11 @@ use crate::connection::transport;
 use crate::connection::{self, Shared};
 use crate::error::{ConfigError, Error, Result};
 use crate::message::Message;
+use crate::protocol::correlator::{LatencyStats, RequestCorrelator};
+use crate::protocol::jsonrpc::{IdGenerator, Request, RequestId, Response};
+use crate::protocol::subscriptions::SubscriptionTracker;
+use crate::protocol::{JsonRpc, Protocol};
+use crate::rate_limit::{MessageKind, RateLimit, TokenBucket};
 
 /// The state of a client's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +113,29 @@ pub enum Event {
         /// Who started it.
         initiator: CloseInitiator,
     },
+    /// A subscription notification, classified by the client's protocol.
+    Subscription {
+        /// The channel, e.g. `ticker.BTC-PERPETUAL.100ms`.
+        channel: String,
+        /// The notification's data.
+        data: serde_json::Value,
+    },
+    /// A response whose caller had already timed out (requests are never re-sent,
+    /// so this says the server processed it after all).
+    LateResponse(Response),
+    /// The tracked subscriptions were restored after a reconnect.
+    SubscriptionsRestored {
+        /// The channels confirmed again.
+        channels: Vec<String>,
+    },
+    /// Restoring subscriptions after a reconnect failed; they stay tracked and are
+    /// tried again on the next reconnect.
+    RestoreFailed {
+        /// The channels that were asked for.
+        channels: Vec<String>,
+        /// Why it failed.
+        error: Arc<Error>,
+    },
     /// Terminal: reconnection gave up.
     GaveUp {
         /// Attempts made.
@@ -158,6 +186,10 @@ pub struct ClientStats {
     pub smoothed_rtt: Option<Duration>,
     /// Messages dropped under [`crate::EventPolicy::DropNewest`].
     pub dropped_events: u64,
+    /// Requests waiting for a response.
+    pub pending_requests: usize,
+    /// Request round trips (count, p50, p99) over the last 1024 responses.
+    pub request_latency: LatencyStats,
 }
 
 #[derive(Debug, Default)]
@@ -175,11 +207,41 @@ pub(crate) struct Counters {
 /// Optional parts of a [`Config`] that other modules add (protocol, rate limit,
 /// recording).
 #[derive(Clone, Default)]
-pub(crate) struct Extensions {}
+pub(crate) struct Extensions {
+    /// The platform dialect; `None` means the default JSON-RPC dialect.
+    pub(crate) protocol: Option<Arc<dyn Protocol>>,
+    pub(crate) rate_limit: Option<RateLimit>,
+}
 
 impl Extensions {
     pub(crate) fn validate(&self) -> std::result::Result<(), ConfigError> {
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
+        }
         Ok(())
+    }
+}
+
+impl crate::config::ConfigBuilder {
+    /// The platform dialect: how to build subscribe messages, classify inbound
+    /// messages, and what to do on every (re)connect (auth). Defaults to
+    /// [`JsonRpc`](crate::protocol::JsonRpc).
+    pub fn protocol(mut self, protocol: impl Protocol) -> Self {
+        self.extensions().protocol = Some(Arc::new(protocol));
+        self
+    }
+
+    /// The same, from a shared dialect.
+    pub fn protocol_arc(mut self, protocol: Arc<dyn Protocol>) -> Self {
+        self.extensions().protocol = Some(protocol);
+        self
+    }
+
+    /// Rate-limit everything this client sends (requests, subscriptions, plain
+    /// sends) through a token bucket. Defaults to no limit.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.extensions().rate_limit = Some(limit);
+        self
     }
 }
 
@@ -255,7 +317,23 @@ impl Client {
         let (events_tx, events_rx) = crossbeam_channel::bounded(config.event_capacity);
         let (doorbell_tx, doorbell_rx) = crossbeam_channel::bounded(1);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let custom_protocol = config.extension.protocol.is_some();
+        let protocol = config
+            .extension
+            .protocol
+            .clone()
+            .unwrap_or_else(|| Arc::new(JsonRpc::default()));
+        let limiter = match &config.extension.rate_limit {
+            Some(l) => Some(TokenBucket::new(l.clone())?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            protocol,
+            classify: AtomicBool::new(custom_protocol),
+            correlator: RequestCorrelator::new(),
+            ids: IdGenerator::new(),
+            subscriptions: Mutex::new(SubscriptionTracker::new()),
+            limiter,
             id,
             state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
             closing: AtomicBool::new(false),
@@ -330,6 +408,103 @@ impl Client {
     /// [`Error::NotConnected`] (recoverable) or [`Error::Closed`].
     pub fn send(&self, message: Message) -> Result<()> {
         self.handle.shared.send(message)
+    }
+
+    /// Send a JSON-RPC request and block until its response (or
+    /// `request_timeout`).
+    ///
+    /// - the `result` on success; a JSON-RPC error is [`Error::Rpc`];
+    /// - [`Error::Timeout`]`(Request)` when no response came in time (the slot is
+    ///   freed; a response arriving later comes as [`Event::LateResponse`]);
+    /// - [`Error::Disconnected`] when the connection dropped while waiting. A
+    ///   request is never re-sent automatically.
+    ///
+    /// Many threads may have requests in flight on one client.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use zen_websocket::{testing::{MockServer, Reply}, Client, Config};
+    ///
+    /// let server = MockServer::start()?;
+    /// // Answer every request with its own params.
+    /// server.set_handler(|m| {
+    ///     let req = m.json().unwrap_or_default();
+    ///     Reply::Text(json!({"jsonrpc": "2.0", "id": req["id"], "result": req["params"]}).to_string())
+    /// });
+    /// let client = Client::connect(Config::new(server.url())?)?;
+    /// let result = client.request("public/echo", json!({"x": 1}))?;
+    /// assert_eq!(result, json!({"x": 1}));
+    /// # Ok::<(), zen_websocket::Error>(())
+    /// ```
+    pub fn request(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value> {
+        self.request_with_timeout(method, params, self.handle.shared.config.request_timeout)
+    }
+
+    /// [`request`](Self::request) with its own timeout.
+    pub fn request_with_timeout(
+        &self,
+        method: &str,
+        params: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let s = &self.handle.shared;
+        s.request(Request::new(s.ids.next(), method, params), timeout)
+    }
+
+    /// A request with an id of your choosing. An id that is already pending is
+    /// refused with [`Error::DuplicateRequestId`] before anything is sent.
+    pub fn request_with_id(
+        &self,
+        id: RequestId,
+        method: &str,
+        params: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        self.handle
+            .shared
+            .request(Request::new(id, method, params), timeout)
+    }
+
+    /// Send a JSON-RPC notification (no id, no response).
+    pub fn notify(&self, method: &str, params: serde_json::Value) -> Result<()> {
+        let text = crate::protocol::jsonrpc::Notification::new(method, params).to_text();
+        self.handle
+            .shared
+            .send_with(Message::Text(text), Some(method), MessageKind::Text)
+    }
+
+    /// Send several requests as one JSON-RPC batch (one frame); each result comes
+    /// back in the order of `calls`. The whole batch shares `timeout`.
+    pub fn batch_request(
+        &self,
+        calls: &[(&str, serde_json::Value)],
+        timeout: Duration,
+    ) -> Result<Vec<Result<serde_json::Value>>> {
+        let s = &self.handle.shared;
+        let requests: Vec<Request> = calls
+            .iter()
+            .map(|(m, p)| Request::new(s.ids.next(), *m, p.clone()))
+            .collect();
+        s.batch(requests, timeout)
+    }
+
+    /// Subscribe to channels through the protocol's subscribe message; returns the
+    /// channels the server confirmed. Confirmed channels are tracked and restored
+    /// after every reconnect (when `restore_subscriptions` is on).
+    pub fn subscribe<S: AsRef<str>>(&self, channels: &[S]) -> Result<Vec<String>> {
+        let channels: Vec<String> = channels.iter().map(|c| c.as_ref().to_owned()).collect();
+        self.handle.shared.subscribe(channels, true)
+    }
+
+    /// Unsubscribe; the channels are untracked once the server confirms.
+    pub fn unsubscribe<S: AsRef<str>>(&self, channels: &[S]) -> Result<()> {
+        let channels: Vec<String> = channels.iter().map(|c| c.as_ref().to_owned()).collect();
+        self.handle.shared.subscribe(channels, false).map(|_| ())
+    }
+
+    /// The tracked (confirmed) subscriptions.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.handle.shared.subscriptions.lock().channels()
     }
 
     /// A snapshot of the counters.

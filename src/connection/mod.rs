@@ -31,6 +31,12 @@ use crate::client::{ClientStats, CloseInitiator, ConnectionState, Counters, Even
 use crate::config::{Config, EventPolicy};
 use crate::error::{Error, Result, TimeoutKind};
 use crate::message::Message;
+use crate::protocol::correlator::{Completion, RequestCorrelator};
+use crate::protocol::jsonrpc::{IdGenerator, Request};
+use crate::protocol::subscriptions::SubscriptionTracker;
+use crate::protocol::{Inbound, Protocol, Session};
+use crate::rate_limit::{MessageInfo, MessageKind, TokenBucket};
+use serde_json::Value;
 
 use backoff::Backoff;
 use heartbeat::{Heartbeat, HeartbeatAction};
@@ -56,6 +62,15 @@ pub(crate) struct Shared {
     pub(crate) doorbell_tx: Sender<()>,
     pub(crate) counters: Counters,
     pub(crate) rtt: Mutex<(Option<Duration>, Option<Duration>)>,
+    pub(crate) protocol: Arc<dyn Protocol>,
+    /// Inbound texts are parsed and classified only once this is set (a custom
+    /// protocol, or the first request or subscription): a plain message stream
+    /// pays nothing for JSON-RPC support.
+    pub(crate) classify: AtomicBool,
+    pub(crate) correlator: RequestCorrelator,
+    pub(crate) ids: IdGenerator,
+    pub(crate) subscriptions: Mutex<SubscriptionTracker>,
+    pub(crate) limiter: Option<TokenBucket>,
 }
 
 impl Shared {
@@ -81,7 +96,41 @@ impl Shared {
 
     /// Write one message on the calling thread.
     pub(crate) fn send(&self, message: Message) -> Result<()> {
+        let kind = if message.is_text() {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        let method = match (&self.limiter, &message) {
+            // Method-based costs need the method: only parse when a limiter is set.
+            (Some(_), Message::Text(t)) if t.starts_with('{') => serde_json::from_str::<Value>(t)
+                .ok()
+                .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned)),
+            _ => None,
+        };
+        self.send_with(message, method.as_deref(), kind)
+    }
+
+    /// Write one message, charged to the rate limiter as `kind`/`method`.
+    pub(crate) fn send_with(
+        &self,
+        message: Message,
+        method: Option<&str>,
+        kind: MessageKind,
+    ) -> Result<()> {
         self.check_sendable()?;
+        if let Some(limiter) = &self.limiter {
+            let mut info = MessageInfo::new(kind, message.len());
+            if let Some(m) = method {
+                info = info.with_method(m);
+            }
+            limiter.acquire(&info)?;
+        }
+        self.write(message)
+    }
+
+    /// Write without state or rate checks (used while opening a connection).
+    pub(crate) fn write(&self, message: Message) -> Result<()> {
         let len = message.len() as u64;
         let ws = match message {
             Message::Text(t) => WsMessage::Text(t.into()),
@@ -128,6 +177,67 @@ impl Shared {
         }
     }
 
+    /// Register, send, wait: the request path shared by `request`, `subscribe`
+    /// and the opening session.
+    pub(crate) fn request(&self, req: Request, timeout: Duration) -> Result<Value> {
+        self.classify.store(true, Ordering::Release);
+        let pending = self.correlator.register(req.id.clone(), &req.method)?;
+        let text = self.protocol.encode_request(&req);
+        // On a failed send `pending` drops here and frees its slot.
+        self.send_with(Message::Text(text), Some(&req.method), MessageKind::Request)?;
+        pending.wait(timeout)
+    }
+
+    pub(crate) fn batch(
+        &self,
+        requests: Vec<Request>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<Value>>> {
+        self.classify.store(true, Ordering::Release);
+        let mut pending = Vec::with_capacity(requests.len());
+        for r in &requests {
+            pending.push(self.correlator.register(r.id.clone(), &r.method)?);
+        }
+        let text = crate::protocol::jsonrpc::encode_batch(&requests);
+        self.send_with(Message::Text(text), None, MessageKind::Request)?;
+        let deadline = Instant::now() + timeout;
+        Ok(pending
+            .into_iter()
+            .map(|p| p.wait(deadline.saturating_duration_since(Instant::now())))
+            .collect())
+    }
+
+    /// Subscribe (`subscribe == true`) or unsubscribe, tracking the outcome.
+    pub(crate) fn subscribe(&self, channels: Vec<String>, subscribe: bool) -> Result<Vec<String>> {
+        if channels.is_empty() {
+            return Err(Error::Config(crate::error::ConfigError::new(
+                "channels",
+                "must name at least one channel",
+            )));
+        }
+        let id = self.ids.next();
+        let req = if subscribe {
+            self.subscriptions.lock().requested(&channels, id.clone());
+            self.protocol.subscribe_request(&channels, &id)
+        } else {
+            self.subscriptions
+                .lock()
+                .requested_unsubscribe(&channels, id.clone());
+            self.protocol.unsubscribe_request(&channels, &id)
+        };
+        match self.request(req, self.config.request_timeout) {
+            Ok(result) => {
+                let listed = self.protocol.confirmed_channels(&result);
+                let tracked = self.subscriptions.lock().confirmed(&id, listed);
+                Ok(tracked.unwrap_or(channels))
+            }
+            Err(e) => {
+                self.subscriptions.lock().failed(&id);
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn stats(&self) -> ClientStats {
         let c = &self.counters;
         let (last_rtt, smoothed_rtt) = *self.rtt.lock();
@@ -143,6 +253,8 @@ impl Shared {
             last_rtt,
             smoothed_rtt,
             dropped_events: c.dropped_events.load(Ordering::Relaxed),
+            pending_requests: self.correlator.pending(),
+            request_latency: self.correlator.latency(),
         }
     }
 }
@@ -177,6 +289,9 @@ pub(crate) struct Conn {
     backoff: Backoff,
     peek: Option<TcpStream>,
     connected_at: Instant,
+    /// While a connection is being opened (`on_connect`, restore), events wait
+    /// here so that they follow the `Connected`/`Reconnected` event.
+    backlog: Option<Vec<Event>>,
 }
 
 impl Conn {
@@ -197,6 +312,7 @@ impl Conn {
             _done: done,
             peek: None,
             connected_at: now,
+            backlog: None,
         }
     }
 
@@ -209,12 +325,88 @@ impl Conn {
     /// Install the first socket (on the caller's thread, before the thread starts).
     pub(crate) fn open_first(mut self, socket: Socket) -> Result<Conn> {
         self.install(socket)?;
+        if let Err(e) = self.open() {
+            self.drop_socket();
+            return Err(e);
+        }
         self.shared.set_state(ConnectionState::Connected);
         let url = self.shared.config.url();
         self.debug(format_args!("connected to {url}"));
-        // The channel is new and has room: this never blocks.
-        let _ = self.events.try_send(Event::Connected { url });
+        let backlog = self.backlog.take();
+        self.emit_lifecycle(Event::Connected { url });
+        self.emit_all(backlog);
         Ok(self)
+    }
+
+    /// The protocol's opening on a fresh socket: `on_connect` (auth, platform
+    /// heartbeats), then the subscription restore. Runs before user sends resume.
+    fn open(&mut self) -> Result<()> {
+        self.backlog = Some(Vec::new());
+        let protocol = self.shared.protocol.clone();
+        protocol.on_connect(&mut Opening { conn: self })?;
+        if self.shared.config.restore_subscriptions {
+            self.restore();
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self) {
+        let shared = self.shared.clone();
+        let Some(channels) = shared.subscriptions.lock().restore_plan() else {
+            return;
+        };
+        let id = shared.ids.next();
+        shared.subscriptions.lock().requested(&channels, id.clone());
+        let req = shared.protocol.subscribe_request(&channels, &id);
+        match (Opening { conn: self }).request_raw(req) {
+            Ok(result) => {
+                let listed = shared.protocol.confirmed_channels(&result);
+                shared.subscriptions.lock().confirmed(&id, listed);
+                self.debug(format_args!("restored {} subscriptions", channels.len()));
+                self.emit_lifecycle(Event::SubscriptionsRestored { channels });
+            }
+            Err(e) => {
+                shared.subscriptions.lock().failed(&id);
+                if !shared.is_closing() {
+                    self.emit_lifecycle(Event::RestoreFailed {
+                        channels,
+                        error: Arc::new(e),
+                    });
+                }
+            }
+        }
+    }
+
+    fn emit_all(&mut self, backlog: Option<Vec<Event>>) {
+        for ev in backlog.unwrap_or_default() {
+            let policy = self.shared.config.event_policy;
+            if self.emit(ev, policy).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Wait up to `left` for data and drain it (used while opening).
+    fn pump(&mut self, left: Duration) -> Result<()> {
+        let peek = self.peek.as_ref().ok_or(Error::NotConnected)?;
+        peek.set_read_timeout(Some(clamp_wait(left)))
+            .map_err(|e| Error::io("opening", e))?;
+        let mut probe = [0u8; 1];
+        match peek.peek(&mut probe) {
+            Ok(_) => loop {
+                match self.drain() {
+                    Drain::Empty => return Ok(()),
+                    Drain::More => continue,
+                    Drain::Ended(End::UserClose { .. }) => return Err(Error::Closed),
+                    Drain::Ended(End::PeerClosed { code, reason }) => {
+                        return Err(Error::PeerClosed { code, reason })
+                    }
+                    Drain::Ended(End::Lost(e)) => return Err(e),
+                }
+            },
+            Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(Error::io("opening", e)),
+        }
     }
 
     fn install(&mut self, socket: Socket) -> Result<()> {
@@ -241,6 +433,12 @@ impl Conn {
         self.peek = None;
         if let Some(s) = old {
             s.shutdown();
+        }
+        // Their answers can never come now: fail every pending request at once.
+        let failed = self.shared.correlator.fail_all(|| Error::Disconnected);
+        self.shared.subscriptions.lock().clear_pending();
+        if failed > 0 {
+            self.debug(format_args!("failed {failed} pending requests"));
         }
     }
 
@@ -463,10 +661,58 @@ impl Conn {
         c.messages_in
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        let classify = self.shared.classify.load(Ordering::Acquire);
         for m in batch {
-            self.emit(Event::Message(m), self.shared.config.event_policy)?;
+            let ev = if classify {
+                match self.classify(m) {
+                    Some(ev) => ev,
+                    None => continue,
+                }
+            } else {
+                Event::Message(m)
+            };
+            self.emit(ev, self.shared.config.event_policy)?;
         }
         Ok(())
+    }
+
+    /// Route one inbound message through the protocol: responses to their
+    /// callers, heartbeats answered, notifications as typed events.
+    fn classify(&mut self, m: Message) -> Option<Event> {
+        let Message::Text(text) = &m else {
+            return Some(Event::Message(m));
+        };
+        let parsed: Option<Value> = match text.as_bytes().first() {
+            Some(b'{') | Some(b'[') => serde_json::from_str(text).ok(),
+            _ => None,
+        };
+        match self.shared.protocol.classify(text, parsed.as_ref()) {
+            Inbound::Response(responses) => {
+                let mut late = None;
+                for r in responses {
+                    if let Completion::Late(r) = self.shared.correlator.complete(r) {
+                        // Only the last of a batch of late answers is kept as the
+                        // event; earlier ones are delivered first.
+                        if let Some(prev) = late.replace(r) {
+                            let _ = self.emit(Event::LateResponse(prev), EventPolicy::Block);
+                        }
+                    }
+                }
+                late.map(Event::LateResponse)
+            }
+            Inbound::Subscription { channel, data } => Some(Event::Subscription { channel, data }),
+            Inbound::Heartbeat { reply } => {
+                if let Some(reply) = reply {
+                    // Platform heartbeats must be answered even when the limiter is
+                    // empty: a missed answer ends the session.
+                    if let Err(e) = self.shared.write(Message::Text(reply)) {
+                        self.debug(format_args!("heartbeat reply failed: {e}"));
+                    }
+                }
+                None
+            }
+            _ => Some(Event::Message(m)),
+        }
     }
 
     /// Lifecycle events are never dropped.
@@ -478,6 +724,10 @@ impl Conn {
     /// the thread still wakes for `close()`; the time blocked does not count
     /// against the peer's pong deadline.
     fn emit(&mut self, ev: Event, policy: EventPolicy) -> std::result::Result<(), End> {
+        if let Some(backlog) = self.backlog.as_mut() {
+            backlog.push(ev);
+            return Ok(());
+        }
         let ev = match self.events.try_send(ev) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(_)) => return Ok(()),
@@ -585,7 +835,9 @@ impl Conn {
             if self.wait_or_close(delay) {
                 return Reconnect::Closing;
             }
-            let result = transport::dial(&self.shared.config).and_then(|s| self.install(s));
+            let result = transport::dial(&self.shared.config)
+                .and_then(|s| self.install(s))
+                .and_then(|()| self.open());
             if self.shared.is_closing() {
                 return Reconnect::Closing;
             }
@@ -597,10 +849,16 @@ impl Conn {
                         .reconnects
                         .fetch_add(1, Ordering::Relaxed);
                     self.debug(format_args!("reconnected on attempt {attempt}"));
+                    let backlog = self.backlog.take();
                     self.emit_lifecycle(Event::Reconnected { attempt });
+                    self.emit_all(backlog);
                     return Reconnect::Done;
                 }
                 Err(e) => {
+                    self.drop_socket();
+                    // Events of a failed opening are kept, in order.
+                    let backlog = self.backlog.take();
+                    self.emit_all(backlog);
                     let e = Arc::new(e);
                     self.debug(format_args!("attempt {attempt} failed: {e}"));
                     self.emit_lifecycle(Event::ReconnectFailed {
@@ -637,6 +895,44 @@ impl Conn {
                 return self.shared.is_closing();
             }
         }
+    }
+}
+
+/// What `on_connect` may do on a connection being opened: requests are answered
+/// by pumping the socket on this thread, since the connection is not serving yet.
+struct Opening<'a> {
+    conn: &'a mut Conn,
+}
+
+impl Opening<'_> {
+    fn request_raw(&mut self, req: Request) -> Result<Value> {
+        let shared = self.conn.shared.clone();
+        shared.classify.store(true, Ordering::Release);
+        let pending = shared.correlator.register(req.id.clone(), &req.method)?;
+        if let Some(limiter) = &shared.limiter {
+            limiter.acquire(&MessageInfo::new(MessageKind::Request, 0).with_method(&req.method))?;
+        }
+        shared.write(Message::Text(shared.protocol.encode_request(&req)))?;
+        let deadline = Instant::now() + shared.config.request_timeout;
+        while shared.correlator.is_pending(&req.id) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || shared.is_closing() {
+                break;
+            }
+            self.conn.pump(left)?;
+        }
+        pending.wait(Duration::ZERO)
+    }
+}
+
+impl Session for Opening<'_> {
+    fn request(&mut self, method: &str, params: Value) -> Result<Value> {
+        let id = self.conn.shared.ids.next();
+        self.request_raw(Request::new(id, method, params))
+    }
+
+    fn send_text(&mut self, text: &str) -> Result<()> {
+        self.conn.shared.write(Message::Text(text.to_owned()))
     }
 }
 

@@ -1,0 +1,3 @@
+//! Integrations with specific venues.
+
+pub mod deribit;
