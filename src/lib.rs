@@ -97,6 +97,8 @@ mod error;
 mod message;
 pub mod protocol;
 pub mod rate_limit;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{Client, ClientStats, CloseInitiator, ConnectionState, Event};
 pub use config::{Config, ConfigBuilder, Endpoint, EventPolicy, TlsOptions};

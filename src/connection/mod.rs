@@ -292,6 +292,10 @@ pub(crate) struct Conn {
     /// While a connection is being opened (`on_connect`, restore), events wait
     /// here so that they follow the `Connected`/`Reconnected` event.
     backlog: Option<Vec<Event>>,
+    /// The read timeout last set on the socket (`None`: unknown).
+    armed: Option<Option<Duration>>,
+    /// Reused between bursts to save an allocation per wake-up.
+    batch: Vec<Message>,
 }
 
 impl Conn {
@@ -313,6 +317,8 @@ impl Conn {
             peek: None,
             connected_at: now,
             backlog: None,
+            armed: None,
+            batch: Vec::new(),
         }
     }
 
@@ -386,24 +392,34 @@ impl Conn {
         }
     }
 
+    fn drain_buffered(&mut self) -> Result<()> {
+        loop {
+            match self.drain() {
+                Drain::Empty => return Ok(()),
+                Drain::More => continue,
+                Drain::Ended(End::UserClose { .. }) => return Err(Error::Closed),
+                Drain::Ended(End::PeerClosed { code, reason }) => {
+                    return Err(Error::PeerClosed { code, reason })
+                }
+                Drain::Ended(End::Lost(e)) => return Err(e),
+            }
+        }
+    }
+
     /// Wait up to `left` for data and drain it (used while opening).
     fn pump(&mut self, left: Duration) -> Result<()> {
+        // What tungstenite or TLS already buffered is invisible to `peek`.
+        self.drain_buffered()?;
+        if left.is_zero() {
+            return Ok(());
+        }
+        self.armed = None;
         let peek = self.peek.as_ref().ok_or(Error::NotConnected)?;
         peek.set_read_timeout(Some(clamp_wait(left)))
             .map_err(|e| Error::io("opening", e))?;
         let mut probe = [0u8; 1];
         match peek.peek(&mut probe) {
-            Ok(_) => loop {
-                match self.drain() {
-                    Drain::Empty => return Ok(()),
-                    Drain::More => continue,
-                    Drain::Ended(End::UserClose { .. }) => return Err(Error::Closed),
-                    Drain::Ended(End::PeerClosed { code, reason }) => {
-                        return Err(Error::PeerClosed { code, reason })
-                    }
-                    Drain::Ended(End::Lost(e)) => return Err(e),
-                }
-            },
+            Ok(_) => self.drain_buffered(),
             Err(e) if is_would_block(&e) || e.kind() == io::ErrorKind::Interrupted => Ok(()),
             Err(e) => Err(Error::io("opening", e)),
         }
@@ -421,6 +437,7 @@ impl Conn {
         *self.shared.socket.lock() = Some(socket);
         *self.shared.raw.lock() = Some(raw);
         self.peek = Some(peek);
+        self.armed = None;
         let now = Instant::now();
         self.heartbeat.restart(now);
         self.connected_at = now;
@@ -508,6 +525,15 @@ impl Conn {
     /// Serve one open connection until it ends.
     fn serve(&mut self) -> End {
         let mut probe = [0u8; 1];
+        // Bytes that arrived with the handshake response (or during the opening)
+        // may already sit in tungstenite's buffer, invisible to `peek`: drain first.
+        loop {
+            match self.drain() {
+                Drain::Empty => break,
+                Drain::More => continue,
+                Drain::Ended(end) => return end,
+            }
+        }
         loop {
             if self.shared.is_closing() {
                 return End::UserClose { reply_seen: false };
@@ -522,8 +548,18 @@ impl Conn {
                 .heartbeat
                 .next_wake()
                 .map(|t| clamp_wait(t.saturating_duration_since(Instant::now())));
-            if let Err(e) = peek.set_read_timeout(wait) {
-                return End::Lost(Error::io("waiting for data", e));
+            // setsockopt on every wake-up is a syscall per burst; a timeout that
+            // is at most 2 ms off the deadline is reused.
+            let stale = match (self.armed, wait) {
+                (Some(None), None) => false,
+                (Some(Some(old)), Some(new)) => old.abs_diff(new) > Duration::from_millis(2),
+                _ => true,
+            };
+            if stale {
+                if let Err(e) = peek.set_read_timeout(wait) {
+                    return End::Lost(Error::io("waiting for data", e));
+                }
+                self.armed = Some(wait);
             }
             match peek.peek(&mut probe) {
                 Ok(_) => loop {
@@ -574,7 +610,7 @@ impl Conn {
     /// Read everything available (up to a burst), then deliver it.
     fn drain(&mut self) -> Drain {
         let closing = self.shared.is_closing();
-        let mut batch: Vec<Message> = Vec::new();
+        let mut batch = std::mem::take(&mut self.batch);
         let mut end = None;
         let mut stopped = false;
         {
@@ -632,7 +668,9 @@ impl Conn {
             // Hand the lock to a waiting sender rather than re-taking it ourselves.
             MutexGuard::unlock_fair(guard);
         }
-        if let Err(end) = self.deliver(batch) {
+        let delivered = self.deliver(&mut batch);
+        self.batch = batch;
+        if let Err(end) = delivered {
             return Drain::Ended(end);
         }
         match end {
@@ -652,7 +690,7 @@ impl Conn {
         }
     }
 
-    fn deliver(&mut self, batch: Vec<Message>) -> std::result::Result<(), End> {
+    fn deliver(&mut self, batch: &mut Vec<Message>) -> std::result::Result<(), End> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -662,7 +700,7 @@ impl Conn {
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
         let classify = self.shared.classify.load(Ordering::Acquire);
-        for m in batch {
+        for m in batch.drain(..) {
             let ev = if classify {
                 match self.classify(m) {
                     Some(ev) => ev,
