@@ -19,6 +19,8 @@ use crate::protocol::jsonrpc::{IdGenerator, Request, RequestId, Response};
 use crate::protocol::subscriptions::SubscriptionTracker;
 use crate::protocol::{JsonRpc, Protocol};
 use crate::rate_limit::{MessageKind, RateLimit, TokenBucket};
+use crate::recorder::{OpenMode, RecordFile, Recorder};
+use std::path::PathBuf;
 
 /// The state of a client's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -211,12 +213,49 @@ pub(crate) struct Extensions {
     /// The platform dialect; `None` means the default JSON-RPC dialect.
     pub(crate) protocol: Option<Arc<dyn Protocol>>,
     pub(crate) rate_limit: Option<RateLimit>,
+    /// Where to record the session, if anywhere.
+    pub(crate) record: Option<RecordTarget>,
+}
+
+/// Where a client records: a path (opened in append mode by the chosen
+/// recorder, or the process-wide one) or a file the user already opened.
+#[derive(Clone, Debug)]
+pub(crate) enum RecordTarget {
+    Path {
+        path: PathBuf,
+        recorder: Option<Recorder>,
+    },
+    File(RecordFile),
+}
+
+impl RecordTarget {
+    pub(crate) fn open(&self) -> Result<RecordFile> {
+        match self {
+            RecordTarget::File(f) => Ok(f.clone()),
+            RecordTarget::Path { path, recorder } => {
+                let recorder = match recorder {
+                    Some(r) => r.clone(),
+                    None => Recorder::global()?,
+                };
+                // Append: a reconnect or a restart never erases a session.
+                recorder.open(path, OpenMode::Append)
+            }
+        }
+    }
 }
 
 impl Extensions {
     pub(crate) fn validate(&self) -> std::result::Result<(), ConfigError> {
         if let Some(limit) = &self.rate_limit {
             limit.validate()?;
+        }
+        if let Some(RecordTarget::Path { path, .. }) = &self.record {
+            if path.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    "recorder",
+                    "needs a path: call record_to(path) too",
+                ));
+            }
         }
         Ok(())
     }
@@ -234,6 +273,48 @@ impl crate::config::ConfigBuilder {
     /// The same, from a shared dialect.
     pub fn protocol_arc(mut self, protocol: Arc<dyn Protocol>) -> Self {
         self.extensions().protocol = Some(protocol);
+        self
+    }
+
+    /// Record the session (both directions, close frames and lifecycle) to a JSONL
+    /// file, appending, through the process-wide default [`Recorder`] (or the one
+    /// set with [`recorder`](Self::recorder)). Credentials are redacted. Defaults
+    /// to no recording.
+    pub fn record_to(mut self, path: impl Into<PathBuf>) -> Self {
+        let recorder = match self.extensions().record.take() {
+            Some(RecordTarget::Path { recorder, .. }) => recorder,
+            _ => None,
+        };
+        self.extensions().record = Some(RecordTarget::Path {
+            path: path.into(),
+            recorder,
+        });
+        self
+    }
+
+    /// Record through this recorder (one writer thread shared by many clients)
+    /// instead of the process-wide one; combine with [`record_to`](Self::record_to).
+    pub fn recorder(mut self, recorder: &Recorder) -> Self {
+        let ext = self.extensions();
+        ext.record = Some(match ext.record.take() {
+            Some(RecordTarget::Path { path, .. }) => RecordTarget::Path {
+                path,
+                recorder: Some(recorder.clone()),
+            },
+            // No path yet: remember the recorder until record_to names one.
+            _ => RecordTarget::Path {
+                path: PathBuf::new(),
+                recorder: Some(recorder.clone()),
+            },
+        });
+        self
+    }
+
+    /// Record into a file already opened with [`Recorder::open`] (for instance
+    /// one file shared by a pool of connections, each entry tagged with its
+    /// connection id).
+    pub fn record_file(mut self, file: &RecordFile) -> Self {
+        self.extensions().record = Some(RecordTarget::File(file.clone()));
         self
     }
 
@@ -323,6 +404,10 @@ impl Client {
             .protocol
             .clone()
             .unwrap_or_else(|| Arc::new(JsonRpc::default()));
+        let record = match &config.extension.record {
+            Some(target) => Some(target.open()?),
+            None => None,
+        };
         let limiter = match &config.extension.rate_limit {
             Some(l) => Some(TokenBucket::new(l.clone())?),
             None => None,
@@ -334,6 +419,7 @@ impl Client {
             ids: IdGenerator::new(),
             subscriptions: Mutex::new(SubscriptionTracker::new()),
             limiter,
+            record,
             id,
             state: AtomicU8::new(ConnectionState::Connecting.to_u8()),
             closing: AtomicBool::new(false),
@@ -557,7 +643,11 @@ fn close_and_join(
         log::error!(target: "zen_websocket", "conn {}: connection thread panicked", shared.id);
     }
     shared.set_state(ConnectionState::Closed);
-    Ok(())
+    // Everything this client recorded is on disk when close() returns.
+    match &shared.record {
+        Some(file) => file.flush(),
+        None => Ok(()),
+    }
 }
 
 // Client handles are shared across threads by design.

@@ -97,6 +97,7 @@ mod error;
 mod message;
 pub mod protocol;
 pub mod rate_limit;
+pub mod recorder;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -36,6 +36,7 @@ use crate::protocol::jsonrpc::{IdGenerator, Request};
 use crate::protocol::subscriptions::SubscriptionTracker;
 use crate::protocol::{Inbound, Protocol, Session};
 use crate::rate_limit::{MessageInfo, MessageKind, TokenBucket};
+use crate::recorder::{Direction, Entry, EntryKind, RecordFile};
 use serde_json::Value;
 
 use backoff::Backoff;
@@ -71,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) ids: IdGenerator,
     pub(crate) subscriptions: Mutex<SubscriptionTracker>,
     pub(crate) limiter: Option<TokenBucket>,
+    pub(crate) record: Option<RecordFile>,
 }
 
 impl Shared {
@@ -132,6 +134,8 @@ impl Shared {
     /// Write without state or rate checks (used while opening a connection).
     pub(crate) fn write(&self, message: Message) -> Result<()> {
         let len = message.len() as u64;
+        // Copy only when recording; the entry is written after the lock is released.
+        let recorded = self.record.as_ref().map(|_| message.clone());
         let ws = match message {
             Message::Text(t) => WsMessage::Text(t.into()),
             Message::Binary(b) => WsMessage::Binary(b.into()),
@@ -148,7 +152,26 @@ impl Shared {
         drop(guard);
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(len, Ordering::Relaxed);
+        if let Some(m) = recorded {
+            self.record_message(Direction::Out, m);
+        }
         Ok(())
+    }
+
+    pub(crate) fn record_message(&self, dir: Direction, m: Message) {
+        if let Some(file) = &self.record {
+            let kind = match m {
+                Message::Text(t) => EntryKind::Text(t),
+                Message::Binary(b) => EntryKind::Binary(b),
+            };
+            file.record(Entry::now(dir, kind, Some(self.id)));
+        }
+    }
+
+    pub(crate) fn record_entry(&self, dir: Direction, kind: EntryKind) {
+        if let Some(file) = &self.record {
+            file.record(Entry::now(dir, kind, Some(self.id)));
+        }
     }
 
     /// Start the close handshake from the closing thread (best effort).
@@ -167,6 +190,14 @@ impl Shared {
             {
                 sock.shutdown();
             }
+            drop(guard);
+            self.record_entry(
+                Direction::Out,
+                EntryKind::Close {
+                    code: Some(1000),
+                    reason: String::new(),
+                },
+            );
         }
     }
 
@@ -331,6 +362,10 @@ impl Conn {
     /// Install the first socket (on the caller's thread, before the thread starts).
     pub(crate) fn open_first(mut self, socket: Socket) -> Result<Conn> {
         self.install(socket)?;
+        // Written before the opening so that auth frames follow it in the file.
+        let url = self.shared.config.url();
+        self.shared
+            .record_entry(Direction::Internal, EntryKind::Connected { url });
         if let Err(e) = self.open() {
             self.drop_socket();
             return Err(e);
@@ -635,6 +670,13 @@ impl Conn {
                             let (code, reason) = frame
                                 .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
                                 .unwrap_or((1005, String::new()));
+                            self.shared.record_entry(
+                                Direction::In,
+                                EntryKind::Close {
+                                    code: Some(code),
+                                    reason: reason.clone(),
+                                },
+                            );
                             End::PeerClosed { code, reason }
                         });
                         stopped = true;
@@ -701,6 +743,11 @@ impl Conn {
         c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
         let classify = self.shared.classify.load(Ordering::Acquire);
         for m in batch.drain(..) {
+            if self.shared.record.is_some() {
+                // Recorded before delivery: the file shows what arrived even if
+                // the consumer never reads it.
+                self.shared.record_message(Direction::In, m.clone());
+            }
             let ev = if classify {
                 match self.classify(m) {
                     Some(ev) => ev,
@@ -755,6 +802,22 @@ impl Conn {
 
     /// Lifecycle events are never dropped.
     fn emit_lifecycle(&mut self, ev: Event) {
+        match &ev {
+            Event::Disconnected { cause } => self.shared.record_entry(
+                Direction::Internal,
+                EntryKind::Disconnected {
+                    cause: cause.to_string(),
+                },
+            ),
+            Event::Reconnecting { attempt, delay, .. } => self.shared.record_entry(
+                Direction::Internal,
+                EntryKind::Reconnecting {
+                    attempt: *attempt,
+                    delay_ms: delay.as_millis().min(u64::MAX as u128) as u64,
+                },
+            ),
+            _ => {}
+        }
         let _ = self.emit(ev, EventPolicy::Block);
     }
 
@@ -875,7 +938,11 @@ impl Conn {
             }
             let result = transport::dial(&self.shared.config)
                 .and_then(|s| self.install(s))
-                .and_then(|()| self.open());
+                .and_then(|()| {
+                    self.shared
+                        .record_entry(Direction::Internal, EntryKind::Reconnected { attempt });
+                    self.open()
+                });
             if self.shared.is_closing() {
                 return Reconnect::Closing;
             }

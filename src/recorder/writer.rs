@@ -1,0 +1,1232 @@
+//! The recorder: handles on the caller's side, and the writer thread that owns
+//! every open file.
+//!
+//! Callers never touch the disk. [`RecordFile::record`] hands an [`Entry`] to
+//! a bounded crossbeam channel; the writer thread (`zen-ws-recorder-N`) queues
+//! entries per file, and writes a batch when a file has `batch_size` pending
+//! entries or its oldest pending entry has waited `flush_interval`. Before a
+//! batch is written it is sorted by `ts` (stable), so connections of a pool
+//! recording into one file produce a chronological file. Requests that need
+//! an answer (open, flush, commit, stop) travel the same channel, which is
+//! what makes "entries recorded before the call" well defined: FIFO order.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
+};
+use parking_lot::{Mutex, RwLock};
+
+use super::entry::{encode_into, Direction, Entry, EntryKind};
+use super::redact::Redactor;
+use crate::{ConfigError, Error, Result, TimeoutKind};
+
+const LOG: &str = "zen_websocket";
+
+/// What [`RecordFile::record`] does when the recorder's channel is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Wait until the writer has room: nothing is lost, the caller slows down.
+    #[default]
+    Block,
+    /// Drop the entry and count it in [`FileStats::dropped`]; the caller never waits.
+    DropAndCount,
+}
+
+/// How [`Recorder::open`] treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpenMode {
+    /// Append to the file, creating it if needed. An existing recording is never truncated.
+    #[default]
+    Append,
+    /// Empty the file first (create it if needed).
+    Truncate,
+    /// Write a temporary file beside the target; [`RecordFile::commit`] renames
+    /// it over the target. Until then (and if never committed) the old target
+    /// stays as it was.
+    ReplaceAtomically,
+}
+
+/// Settings of a [`Recorder`].
+///
+/// Marked `#[non_exhaustive]`: start from the default and set fields.
+///
+/// ```
+/// use std::time::Duration;
+/// use zen_websocket::recorder::{Overflow, RecorderConfig};
+/// let mut config = RecorderConfig::default();
+/// config.flush_interval = Duration::from_millis(20);
+/// config.overflow = Overflow::DropAndCount;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RecorderConfig {
+    /// A file's pending entries are written once this many have queued. Defaults to 256.
+    pub batch_size: usize,
+    /// ...or once the oldest pending entry has waited this long. Defaults to 100 ms.
+    pub flush_interval: Duration,
+    /// Capacity of the channel to the writer thread, shared by all files. Defaults to 8192.
+    pub channel_capacity: usize,
+    /// What `record` does when the channel is full. Defaults to [`Overflow::Block`].
+    pub overflow: Overflow,
+    /// Applied to every entry before it is encoded. Defaults to [`Redactor::default`].
+    pub redactor: Redactor,
+    /// How long open, flush, commit and stop wait for the writer thread before
+    /// returning [`Error::Timeout`] with [`TimeoutKind::Wait`]. Defaults to 30 s.
+    pub flush_timeout: Duration,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            batch_size: 256,
+            flush_interval: Duration::from_millis(100),
+            channel_capacity: 8192,
+            overflow: Overflow::Block,
+            redactor: Redactor::default(),
+            flush_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RecorderConfig {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<()> {
+        let rule = |field, rule: &str| Err(Error::Config(ConfigError::new(field, rule)));
+        if self.batch_size == 0 {
+            return rule("batch_size", "must be at least 1");
+        }
+        if self.flush_interval.is_zero() {
+            return rule("flush_interval", "must be greater than zero");
+        }
+        if self.channel_capacity == 0 {
+            return rule("channel_capacity", "must be at least 1");
+        }
+        if self.flush_timeout.is_zero() {
+            return rule("flush_timeout", "must be greater than zero");
+        }
+        Ok(())
+    }
+}
+
+/// Counters of one file, or of a whole recorder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileStats {
+    /// Entries written to the file.
+    pub entries: u64,
+    /// Bytes written to the file.
+    pub bytes: u64,
+    /// Entries that could not be written (a failed write), plus one per failed fsync.
+    pub write_errors: u64,
+    /// Entries dropped: the channel was full under [`Overflow::DropAndCount`],
+    /// or they were recorded after the recorder stopped.
+    pub dropped: u64,
+}
+
+/// Counters of a [`Recorder`]: the total since it started, and each open file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderStats {
+    /// Every file, including files already closed.
+    pub total: FileStats,
+    /// The files open now, by path.
+    pub files: Vec<(PathBuf, FileStats)>,
+}
+
+/// Atomic counters behind [`FileStats`]; relaxed ordering is enough for statistics.
+#[derive(Debug, Default)]
+struct Counters {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    write_errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> FileStats {
+        FileStats {
+            entries: self.entries.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Statistics shared by the writer thread and the handles.
+#[derive(Debug, Default)]
+struct Stats {
+    total: Counters,
+    /// The open files by id. Written by the writer thread on open and close.
+    files: Mutex<BTreeMap<u64, (PathBuf, Arc<Counters>)>>,
+}
+
+/// The caller side of the channel, shared by a recorder and all its file handles.
+///
+/// The sender sits behind a read-write lock that works as a gate: sends take
+/// the read lock, and `stop` takes the write lock to remove the sender before
+/// it sends `Stop`. So nothing can be queued behind `Stop`, and every entry is
+/// either written or counted as dropped, never silently lost.
+///
+/// Lock order: `Inner::thread`, then `tx`. Nothing else is locked while `tx`
+/// is held, a holder never takes `tx` again (a queued writer would deadlock a
+/// second read), and the writer thread never takes it at all, so senders
+/// blocked on a full channel always drain.
+#[derive(Debug)]
+struct Link {
+    tx: RwLock<Option<Sender<Cmd>>>,
+    overflow: Overflow,
+    timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl Link {
+    /// Sends a request and waits for its answer, both within the configured timeout.
+    fn request<T>(
+        &self,
+        path: Option<&Path>,
+        make: impl FnOnce(Sender<Result<T>>) -> Cmd,
+    ) -> Result<T> {
+        let (reply_tx, reply_rx) = bounded(1);
+        let deadline = Instant::now().checked_add(self.timeout);
+        {
+            let guard = self.tx.read();
+            let Some(tx) = guard.as_ref() else {
+                return Err(stopped(path));
+            };
+            let cmd = make(reply_tx);
+            let sent = match deadline {
+                Some(d) => tx.send_deadline(cmd, d),
+                None => tx
+                    .send(cmd)
+                    .map_err(|e| SendTimeoutError::Disconnected(e.0)),
+            };
+            match sent {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(TimeoutKind::Wait)),
+                Err(SendTimeoutError::Disconnected(_)) => return Err(stopped(path)),
+            }
+        }
+        let answer = match deadline {
+            Some(d) => reply_rx.recv_deadline(d),
+            None => reply_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match answer {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(TimeoutKind::Wait)),
+            Err(RecvTimeoutError::Disconnected) => Err(stopped(path)),
+        }
+    }
+}
+
+/// The error for a request to a stopped recorder.
+fn stopped(path: Option<&Path>) -> Error {
+    Error::storage(
+        path.unwrap_or(Path::new("")),
+        io::Error::new(io::ErrorKind::BrokenPipe, RecorderStopped),
+    )
+}
+
+/// Marks [`stopped`] errors, so `flush_all` can tell them from a real EPIPE.
+#[derive(Debug)]
+struct RecorderStopped;
+
+impl std::fmt::Display for RecorderStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the recorder is stopped")
+    }
+}
+
+impl std::error::Error for RecorderStopped {}
+
+fn is_stopped_error(e: &Error) -> bool {
+    matches!(e, Error::Storage { source, .. }
+        if source.get_ref().is_some_and(|inner| inner.is::<RecorderStopped>()))
+}
+
+/// What travels to the writer thread.
+enum Cmd {
+    Entry {
+        file: u64,
+        entry: Entry,
+    },
+    Open {
+        path: PathBuf,
+        mode: OpenMode,
+        reply: Sender<Result<Opened>>,
+    },
+    Flush {
+        file: FlushTarget,
+        reply: Sender<Result<()>>,
+    },
+    Commit {
+        file: u64,
+        reply: Sender<Result<()>>,
+    },
+    /// The last handle of one `open` call was dropped.
+    Release {
+        file: u64,
+    },
+    Stop {
+        reply: Sender<Result<()>>,
+    },
+}
+
+enum FlushTarget {
+    One(u64),
+    Path(PathBuf),
+    All,
+}
+
+struct Opened {
+    id: u64,
+    path: PathBuf,
+    counters: Arc<Counters>,
+}
+
+/// Shared by every clone of one `Recorder`; dropping it stops the thread.
+struct Inner {
+    link: Arc<Link>,
+    /// Also serializes `stop`: a second caller waits until the first has joined.
+    thread: Mutex<Option<JoinHandle<()>>>,
+    name: String,
+}
+
+impl Inner {
+    fn stop(&self) -> Result<()> {
+        let mut thread = self.thread.lock();
+        // Taking the sender under the write lock closes the gate (see `Link`).
+        let Some(tx) = self.link.tx.write().take() else {
+            return Ok(());
+        };
+        let (reply_tx, reply_rx) = bounded(1);
+        let timeout = self.link.timeout;
+        let result = match tx.send_timeout(Cmd::Stop { reply: reply_tx }, timeout) {
+            Ok(()) => match reply_rx.recv_timeout(timeout) {
+                Ok(result) => Some(result),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => Some(Err(thread_died())),
+            },
+            Err(SendTimeoutError::Timeout(_)) => None,
+            Err(SendTimeoutError::Disconnected(_)) => Some(Err(thread_died())),
+        };
+        drop(tx);
+        match result {
+            Some(result) => {
+                if let Some(handle) = thread.take() {
+                    if handle.join().is_err() {
+                        log::error!(target: LOG, "{} panicked", self.name);
+                    }
+                }
+                log::debug!(target: LOG, "{} stopped", self.name);
+                result
+            }
+            None => {
+                // The thread is stuck in I/O (a hung disk); it exits by itself once
+                // the I/O returns, because it is already processing `Stop` or will
+                // find the channel disconnected. Joining here would hang the caller.
+                log::warn!(target: LOG, "{} did not stop within {timeout:?}", self.name);
+                Err(Error::Timeout(TimeoutKind::Wait))
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::warn!(target: LOG, "stopping {} on drop: {e}", self.name);
+        }
+    }
+}
+
+fn thread_died() -> Error {
+    Error::io(
+        "recording",
+        io::Error::other("the recorder thread ended unexpectedly"),
+    )
+}
+
+/// Every live recorder, for [`flush_all_recorders`]. Weak, so the registry
+/// never keeps a recorder (and its thread) alive.
+static REGISTRY: Mutex<Vec<Weak<Inner>>> = parking_lot::const_mutex(Vec::new());
+static GLOBAL: OnceLock<Mutex<Option<Recorder>>> = OnceLock::new();
+static THREAD_NUMBER: AtomicU64 = AtomicU64::new(1);
+static CTRL_C_INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Numbers temporary files, so two recorders replacing one target never collide.
+static TEMP_NUMBER: AtomicU64 = AtomicU64::new(1);
+
+/// A handle to one writer thread that owns every file opened through it.
+///
+/// Clones are cheap and share the thread. The thread stops when [`stop`] is
+/// called or the last clone is dropped (both flush, fsync and close every
+/// file, then join the thread). Open [`RecordFile`]s do not keep it running.
+///
+/// [`stop`]: Recorder::stop
+///
+/// ```
+/// use zen_websocket::recorder::{self, Direction, OpenMode, Recorder, RecorderConfig};
+/// let path = std::env::temp_dir().join(format!("zen-doc-recorder-{}.jsonl", std::process::id()));
+///
+/// let recorder = Recorder::start(RecorderConfig::default())?;
+/// let file = recorder.open(&path, OpenMode::Truncate)?;
+/// file.record_text(Direction::Out, r#"{"op":"subscribe","token":"s3cret"}"#, None);
+/// file.record_text(Direction::In, r#"{"ok":true}"#, None);
+/// file.flush()?; // both entries are on disk (fsynced) now
+/// assert_eq!(file.stats().entries, 2);
+/// recorder.stop()?;
+///
+/// let on_disk = std::fs::read_to_string(&path).unwrap();
+/// assert!(!on_disk.contains("s3cret"));
+/// assert_eq!(recorder::metadata(&path)?.outbound, 1);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), zen_websocket::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("thread", &self.inner.name)
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
+}
+
+impl Recorder {
+    /// Starts a writer thread with `config` (validated first).
+    pub fn start(config: RecorderConfig) -> Result<Recorder> {
+        config.validate()?;
+        let (tx, rx) = bounded(config.channel_capacity);
+        let stats = Arc::new(Stats::default());
+        let name = format!(
+            "zen-ws-recorder-{}",
+            THREAD_NUMBER.fetch_add(1, Ordering::Relaxed)
+        );
+        let writer = Writer {
+            rx,
+            batch_size: config.batch_size,
+            interval: config.flush_interval,
+            redactor: config.redactor,
+            stats: Arc::clone(&stats),
+            files: HashMap::new(),
+            by_path: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_id: 1,
+            line: String::new(),
+        };
+        let handle = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || writer.run())
+            .map_err(|e| Error::io("spawning the recorder thread", e))?;
+        let inner = Arc::new(Inner {
+            link: Arc::new(Link {
+                tx: RwLock::new(Some(tx)),
+                overflow: config.overflow,
+                timeout: config.flush_timeout,
+                stats,
+            }),
+            thread: Mutex::new(Some(handle)),
+            name,
+        });
+        let mut registry = REGISTRY.lock();
+        registry.retain(|w| w.strong_count() > 0);
+        registry.push(Arc::downgrade(&inner));
+        drop(registry);
+        log::debug!(target: LOG, "{} started", inner.name);
+        Ok(Recorder { inner })
+    }
+
+    /// The process-wide default recorder (default config), started on first
+    /// use, and started again if someone stopped it. `Config::record_to` records
+    /// through it.
+    ///
+    /// It lives in a static and is never dropped, so it never stops by itself:
+    /// entries still queued when the process exits are lost unless their files
+    /// were flushed or closed (dropping a file's last handle writes and fsyncs
+    /// it), or [`flush_all_recorders`] ran (see also [`flush_on_ctrl_c`]).
+    pub fn global() -> Result<Recorder> {
+        let mut global = GLOBAL.get_or_init(|| Mutex::new(None)).lock();
+        if let Some(r) = global.as_ref().filter(|r| !r.is_stopped()) {
+            return Ok(r.clone());
+        }
+        let r = Recorder::start(RecorderConfig::default())?;
+        *global = Some(r.clone());
+        Ok(r)
+    }
+
+    /// Opens `path` in the writer thread and waits for the outcome, so a missing
+    /// directory or a permission problem is an [`Error::Storage`] naming the path.
+    ///
+    /// Opening a path that is already open in this recorder shares that file
+    /// (the new handle behaves like a clone of the first), whatever spelling
+    /// of the path was used; it must be opened with the same mode, else the
+    /// error is [`Error::Config`] naming `mode`. The file closes (after a final
+    /// write and fsync) when the last handle of every `open` call is dropped.
+    pub fn open(&self, path: impl AsRef<Path>, mode: OpenMode) -> Result<RecordFile> {
+        let path = path.as_ref();
+        let link = &self.inner.link;
+        let opened = link.request(Some(path), |reply| Cmd::Open {
+            path: path.to_path_buf(),
+            mode,
+            reply,
+        })?;
+        Ok(RecordFile {
+            inner: Arc::new(FileHandle {
+                id: opened.id,
+                path: opened.path,
+                link: Arc::clone(link),
+                counters: opened.counters,
+            }),
+        })
+    }
+
+    /// Blocks until every entry recorded to `path` before the call is written
+    /// and fsynced. Returns the first write error of that file since its last
+    /// flush. A path that is not open here has nothing pending: `Ok`. After
+    /// [`stop`](Recorder::stop), an error.
+    pub fn flush(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let Ok(key) = file_key(path) else {
+            // Its directory does not exist, so nothing can be open there.
+            return Ok(());
+        };
+        self.inner.link.request(Some(path), |reply| Cmd::Flush {
+            file: FlushTarget::Path(key),
+            reply,
+        })
+    }
+
+    /// [`flush`](Recorder::flush) for every open file; returns the first error
+    /// (the errors of other files are logged). After [`stop`](Recorder::stop)
+    /// nothing is pending and this returns `Ok`.
+    pub fn flush_all(&self) -> Result<()> {
+        match self.inner.link.request(None, |reply| Cmd::Flush {
+            file: FlushTarget::All,
+            reply,
+        }) {
+            Err(e) if is_stopped_error(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Counters: totals since start (closed files included) and each open file.
+    pub fn stats(&self) -> RecorderStats {
+        let stats = &self.inner.link.stats;
+        let files = stats
+            .files
+            .lock()
+            .values()
+            .map(|(path, c)| (path.clone(), c.snapshot()))
+            .collect();
+        RecorderStats {
+            total: stats.total.snapshot(),
+            files,
+        }
+    }
+
+    /// Writes, fsyncs and closes every file (an uncommitted
+    /// [`OpenMode::ReplaceAtomically`] file is abandoned: its temporary file is
+    /// removed), then joins the thread. Returns the first write error not yet
+    /// reported by a flush. Idempotent. Afterwards `record` counts entries as
+    /// dropped and `open` fails.
+    pub fn stop(&self) -> Result<()> {
+        self.inner.stop()
+    }
+
+    /// True once the recorder has been stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.link.tx.read().is_none()
+    }
+}
+
+/// Flushes every live [`Recorder`] of the process; returns the first error.
+///
+/// Call it before the process exits: a recorder held in a static (like
+/// [`Recorder::global`]) is never dropped, so it is never stopped either.
+pub fn flush_all_recorders() -> Result<()> {
+    // Upgrade under the lock, flush without it: a flush can take a while.
+    let live: Vec<Recorder> = REGISTRY
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|inner| Recorder { inner })
+        .collect();
+    let mut first = None;
+    for r in &live {
+        if let Err(e) = r.flush_all() {
+            log::warn!(target: LOG, "flushing {}: {e}", r.inner.name);
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// Installs a Ctrl-C (SIGINT) handler, with the `ctrlc` crate, that
+/// flushes every recorder ([`flush_all_recorders`]) and then exits the process
+/// with status 130, the shell convention for "interrupted".
+///
+/// Without it, Ctrl-C kills the process with up to `flush_interval` of
+/// entries still queued. The handler replaces the default action, so install
+/// it only in a program that has no Ctrl-C handling of its own. Calling this
+/// again is a no-op. If another handler was installed with the `ctrlc` crate,
+/// this returns [`Error::Config`] naming `flush_on_ctrl_c`.
+pub fn flush_on_ctrl_c() -> Result<()> {
+    if CTRL_C_INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let installed = ctrlc::set_handler(|| {
+        if let Err(e) = flush_all_recorders() {
+            log::error!(target: LOG, "flushing recordings on Ctrl-C: {e}");
+        }
+        std::process::exit(130);
+    });
+    match installed {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            CTRL_C_INSTALLED.store(false, Ordering::SeqCst);
+            Err(match e {
+                ctrlc::Error::MultipleHandlers => Error::Config(ConfigError::new(
+                    "flush_on_ctrl_c",
+                    "another Ctrl-C handler is already installed",
+                )),
+                other => Error::io(
+                    "installing the Ctrl-C handler",
+                    io::Error::other(other.to_string()),
+                ),
+            })
+        }
+    }
+}
+
+/// A handle to one open recording file. Cheap to clone, `Send + Sync`.
+///
+/// `record` never does disk I/O: it hands the entry to the writer thread.
+#[derive(Clone)]
+pub struct RecordFile {
+    inner: Arc<FileHandle>,
+}
+
+struct FileHandle {
+    id: u64,
+    path: PathBuf,
+    link: Arc<Link>,
+    counters: Arc<Counters>,
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        let guard = self.link.tx.read();
+        if let Some(tx) = guard.as_ref() {
+            // Blocking (bounded) even under DropAndCount: losing a release would
+            // keep the file open until the recorder stops.
+            if tx
+                .send_timeout(Cmd::Release { file: self.id }, self.link.timeout)
+                .is_err()
+            {
+                log::warn!(target: LOG, "could not release {}", self.path.display());
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordFile")
+            .field("path", &self.inner.path)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl RecordFile {
+    /// Queues `entry` for writing. Under [`Overflow::Block`] waits while the
+    /// channel is full; under [`Overflow::DropAndCount`] drops and counts
+    /// instead. After the recorder stopped, the entry is counted as dropped.
+    pub fn record(&self, entry: Entry) {
+        let h = &*self.inner;
+        let sent = {
+            let guard = h.link.tx.read();
+            match guard.as_ref() {
+                None => false,
+                Some(tx) => {
+                    let cmd = Cmd::Entry { file: h.id, entry };
+                    match h.link.overflow {
+                        Overflow::Block => tx.send(cmd).is_ok(),
+                        Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
+                    }
+                }
+            }
+        };
+        if !sent {
+            add(&h.counters.dropped, 1);
+            add(&h.link.stats.total.dropped, 1);
+        }
+    }
+
+    /// Records a text frame stamped now.
+    pub fn record_text(&self, dir: Direction, text: &str, conn: Option<u64>) {
+        self.record(Entry::text(dir, text, conn));
+    }
+
+    /// Records a binary frame stamped now.
+    pub fn record_binary(&self, dir: Direction, data: &[u8], conn: Option<u64>) {
+        self.record(Entry::binary(dir, data, conn));
+    }
+
+    /// Records a close frame stamped now.
+    pub fn record_close(&self, dir: Direction, code: Option<u16>, reason: &str, conn: Option<u64>) {
+        self.record(Entry::close(dir, code, reason, conn));
+    }
+
+    /// Records a lifecycle event ([`Direction::Internal`]) stamped now.
+    pub fn record_lifecycle(&self, kind: EntryKind, conn: Option<u64>) {
+        self.record(Entry::lifecycle(kind, conn));
+    }
+
+    /// Blocks until every entry recorded before the call is written and
+    /// fsynced; returns the first write error since the last flush. `Ok` means
+    /// on disk. After the recorder stopped, this is an error.
+    pub fn flush(&self) -> Result<()> {
+        let h = &*self.inner;
+        h.link.request(Some(&h.path), |reply| Cmd::Flush {
+            file: FlushTarget::One(h.id),
+            reply,
+        })
+    }
+
+    /// For [`OpenMode::ReplaceAtomically`]: flushes and fsyncs the temporary
+    /// file, renames it over the target and fsyncs the directory. Refused (the
+    /// target left unchanged) if any write to the temporary file failed. Later
+    /// entries are appended to the new target, and `commit` again is a flush.
+    /// For the other modes, the same as [`flush`](RecordFile::flush).
+    pub fn commit(&self) -> Result<()> {
+        let h = &*self.inner;
+        h.link
+            .request(Some(&h.path), |reply| Cmd::Commit { file: h.id, reply })
+    }
+
+    /// The file's absolute path (the target, for `ReplaceAtomically`).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// This file's counters.
+    pub fn stats(&self) -> FileStats {
+        self.inner.counters.snapshot()
+    }
+}
+
+/// The identity of a file: its canonical path if it exists, else the
+/// canonical directory joined with the file name.
+fn file_key(path: &Path) -> io::Result<PathBuf> {
+    match fs::canonicalize(path) {
+        Ok(p) => return Ok(p),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(fs::canonicalize(dir)?.join(name))
+}
+
+/// fsync that tolerates files which cannot be synced: pipes, FIFOs and
+/// character devices answer EINVAL, which means "nothing to sync", not failure.
+fn sync(file: &File) -> io::Result<()> {
+    match file.sync_data() {
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
+}
+
+/// One open file, owned by the writer thread.
+struct OpenFile {
+    path: PathBuf,
+    file: File,
+    /// The temporary file while an `ReplaceAtomically` file is not committed.
+    temp: Option<PathBuf>,
+    mode: OpenMode,
+    pending: Vec<Entry>,
+    /// Bumped whenever `pending` goes from empty to non-empty, to tell a
+    /// current deadline from a stale one.
+    generation: u64,
+    /// How many `open` calls hold handles to this file.
+    handles: usize,
+    /// The first write error since the last flush.
+    error: Option<io::Error>,
+    /// Any write failed since open: an incomplete file must not be committed.
+    ever_failed: bool,
+    /// A failed write may have left a partial line that could not be cut off:
+    /// start the next write on a fresh line so only that line is bad.
+    needs_newline: bool,
+    counters: Arc<Counters>,
+}
+
+struct Writer {
+    rx: Receiver<Cmd>,
+    batch_size: usize,
+    interval: Duration,
+    redactor: Redactor,
+    stats: Arc<Stats>,
+    files: HashMap<u64, OpenFile>,
+    by_path: HashMap<PathBuf, u64>,
+    /// (deadline, file, generation), in deadline order: every deadline is
+    /// "arrival + interval" and arrivals are in time order, so a queue suffices.
+    deadlines: VecDeque<(Instant, u64, u64)>,
+    next_id: u64,
+    /// The batch buffer, reused: one `write_all` per batch.
+    line: String,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let received = match self.next_deadline() {
+                Some(deadline) => match self.rx.recv_deadline(deadline) {
+                    Ok(cmd) => Some(cmd),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                },
+            };
+            if let Some(cmd) = received {
+                if let Some(reply) = self.handle(cmd) {
+                    let result = self.close_all();
+                    self.drain_after_stop();
+                    let _ = reply.send(result);
+                    return;
+                }
+            }
+            self.write_due(Instant::now());
+        }
+        // Every sender is gone without a `Stop`: close as stop would.
+        if let Err(e) = self.close_all() {
+            log::warn!(target: LOG, "closing recordings: {e}");
+        }
+    }
+
+    /// Handles one command; returns the reply channel of a `Stop`.
+    fn handle(&mut self, cmd: Cmd) -> Option<Sender<Result<()>>> {
+        match cmd {
+            Cmd::Entry { file, entry } => self.queue(file, entry),
+            Cmd::Open { path, mode, reply } => {
+                let _ = reply.send(self.open(&path, mode));
+            }
+            Cmd::Flush { file, reply } => {
+                let result = match file {
+                    FlushTarget::One(id) => self.flush(id),
+                    FlushTarget::Path(key) => match self.by_path.get(&key) {
+                        Some(&id) => self.flush(id),
+                        None => Ok(()),
+                    },
+                    FlushTarget::All => self.flush_every(),
+                };
+                let _ = reply.send(result);
+            }
+            Cmd::Commit { file, reply } => {
+                let _ = reply.send(self.commit(file));
+            }
+            Cmd::Release { file } => self.release(file),
+            Cmd::Stop { reply } => return Some(reply),
+        }
+        None
+    }
+
+    fn queue(&mut self, id: u64, entry: Entry) {
+        let Some(f) = self.files.get_mut(&id) else {
+            // Cannot happen while a handle exists (its release comes after its
+            // entries); count it rather than lose it silently.
+            add(&self.stats.total.dropped, 1);
+            return;
+        };
+        if f.pending.is_empty() {
+            f.generation += 1;
+            // A flush_interval too large for Instant means "no time trigger".
+            if let Some(deadline) = Instant::now().checked_add(self.interval) {
+                self.deadlines.push_back((deadline, id, f.generation));
+            }
+        }
+        f.pending.push(entry);
+        if f.pending.len() >= self.batch_size {
+            self.write_batch(id);
+        }
+    }
+
+    /// The earliest deadline that is still current; stale ones are discarded.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(deadline, id, generation)) = self.deadlines.front() {
+            let current = self
+                .files
+                .get(&id)
+                .is_some_and(|f| !f.pending.is_empty() && f.generation == generation);
+            if current {
+                return Some(deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
+    }
+
+    fn write_due(&mut self, now: Instant) {
+        while let Some(deadline) = self.next_deadline() {
+            if deadline > now {
+                break;
+            }
+            if let Some((_, id, _)) = self.deadlines.pop_front() {
+                self.write_batch(id);
+            }
+        }
+    }
+
+    fn open(&mut self, path: &Path, mode: OpenMode) -> Result<Opened> {
+        let key = file_key(path).map_err(|e| Error::storage(path, e))?;
+        if let Some(&id) = self.by_path.get(&key) {
+            if let Some(f) = self.files.get_mut(&id) {
+                if f.mode != mode {
+                    return Err(Error::Config(ConfigError::new(
+                        "mode",
+                        format!(
+                            "{} is already open with {:?}, not {mode:?}",
+                            key.display(),
+                            f.mode
+                        ),
+                    )));
+                }
+                f.handles += 1;
+                return Ok(Opened {
+                    id,
+                    path: key,
+                    counters: Arc::clone(&f.counters),
+                });
+            }
+        }
+        let id = self.next_id;
+        let (file, temp) = match mode {
+            OpenMode::Append => (
+                OpenOptions::new().append(true).create(true).open(&key),
+                None,
+            ),
+            OpenMode::Truncate => (
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&key),
+                None,
+            ),
+            OpenMode::ReplaceAtomically => {
+                // Beside the target, so the rename stays on one file system.
+                let name = key
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let temp = key.with_file_name(format!(
+                    ".{name}.{}-{}.tmp",
+                    std::process::id(),
+                    TEMP_NUMBER.fetch_add(1, Ordering::Relaxed)
+                ));
+                (
+                    OpenOptions::new().write(true).create_new(true).open(&temp),
+                    Some(temp),
+                )
+            }
+        };
+        let file = file.map_err(|e| Error::storage(temp.as_deref().unwrap_or(path), e))?;
+        self.next_id += 1;
+        let counters = Arc::new(Counters::default());
+        self.stats
+            .files
+            .lock()
+            .insert(id, (key.clone(), Arc::clone(&counters)));
+        self.by_path.insert(key.clone(), id);
+        self.files.insert(
+            id,
+            OpenFile {
+                path: key.clone(),
+                file,
+                temp,
+                mode,
+                pending: Vec::new(),
+                generation: 0,
+                handles: 1,
+                error: None,
+                ever_failed: false,
+                needs_newline: false,
+                counters: Arc::clone(&counters),
+            },
+        );
+        log::debug!(target: LOG, "recording to {} ({mode:?})", key.display());
+        Ok(Opened {
+            id,
+            path: key,
+            counters,
+        })
+    }
+
+    /// Sorts and writes a file's pending entries. Errors are counted and kept
+    /// for the next flush; the writer carries on with other files.
+    fn write_batch(&mut self, id: u64) {
+        let Some(f) = self.files.get_mut(&id) else {
+            return;
+        };
+        if f.pending.is_empty() {
+            return;
+        }
+        let mut batch = mem::take(&mut f.pending);
+        batch.sort_by_key(|e| e.ts); // stable: equal stamps keep arrival order
+        let line = &mut self.line;
+        line.clear();
+        if f.needs_newline {
+            line.push('\n');
+        }
+        for entry in &batch {
+            encode_into(entry, &self.redactor, line);
+            line.push('\n');
+        }
+        let n = batch.len() as u64;
+        // Only regular files can be cut back after a partial write.
+        let before = f
+            .file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        match f.file.write_all(line.as_bytes()) {
+            Ok(()) => {
+                let bytes = line.len() as u64;
+                add(&f.counters.entries, n);
+                add(&f.counters.bytes, bytes);
+                add(&self.stats.total.entries, n);
+                add(&self.stats.total.bytes, bytes);
+                f.needs_newline = false;
+            }
+            Err(e) => {
+                add(&f.counters.write_errors, n);
+                add(&self.stats.total.write_errors, n);
+                f.ever_failed = true;
+                let cut = before.is_some_and(|len| {
+                    f.file.set_len(len).is_ok() && f.file.seek(SeekFrom::Start(len)).is_ok()
+                });
+                f.needs_newline = !cut;
+                remember(f, e);
+            }
+        }
+        batch.clear();
+        f.pending = batch; // keep the allocation for the next batch
+        if line.capacity() > 1 << 20 {
+            // One huge frame should not pin a huge buffer forever.
+            line.clear();
+            line.shrink_to(64 << 10);
+        }
+    }
+
+    /// Writes pending entries, fsyncs, and returns the first error since the last flush.
+    fn flush(&mut self, id: u64) -> Result<()> {
+        self.write_batch(id);
+        let Some(f) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        if let Err(e) = sync(&f.file) {
+            add(&f.counters.write_errors, 1);
+            add(&self.stats.total.write_errors, 1);
+            f.ever_failed = true;
+            remember(f, e);
+        }
+        match f.error.take() {
+            Some(e) => Err(Error::storage(f.path.clone(), e)),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_every(&mut self) -> Result<()> {
+        let mut ids: Vec<u64> = self.files.keys().copied().collect();
+        ids.sort_unstable();
+        let mut first = None;
+        for id in ids {
+            if let Err(e) = self.flush(id) {
+                if first.is_some() {
+                    log::warn!(target: LOG, "flush: {e}");
+                } else {
+                    first = Some(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    fn commit(&mut self, id: u64) -> Result<()> {
+        self.flush(id)?;
+        let Some(f) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(temp) = f.temp.as_ref() else {
+            return Ok(());
+        };
+        if f.ever_failed {
+            return Err(Error::storage(
+                f.path.clone(),
+                io::Error::other(
+                    "a write to the temporary file failed earlier; the target was left unchanged",
+                ),
+            ));
+        }
+        fs::rename(temp, &f.path).map_err(|e| Error::storage(f.path.clone(), e))?;
+        f.temp = None;
+        log::debug!(target: LOG, "committed {}", f.path.display());
+        // The rename is durable only once the directory entry is.
+        let dir = f.path.parent().unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| sync(&d))
+            .map_err(|e| Error::storage(dir, e))
+    }
+
+    fn release(&mut self, id: u64) {
+        let Some(f) = self.files.get_mut(&id) else {
+            return;
+        };
+        f.handles = f.handles.saturating_sub(1);
+        if f.handles == 0 {
+            if let Err(e) = self.close(id) {
+                // Nobody is left to ask: the log is the only place to say it.
+                log::warn!(target: LOG, "closing recording: {e}");
+            }
+        }
+    }
+
+    /// Final write and fsync; an uncommitted temporary file is removed.
+    fn close(&mut self, id: u64) -> Result<()> {
+        let result = self.flush(id);
+        if let Some(f) = self.files.remove(&id) {
+            self.by_path.remove(&f.path);
+            self.stats.files.lock().remove(&id);
+            if let Some(temp) = &f.temp {
+                if let Err(e) = fs::remove_file(temp) {
+                    log::warn!(target: LOG, "removing {}: {e}", temp.display());
+                }
+                log::debug!(target: LOG, "abandoned {} (not committed)", f.path.display());
+            } else {
+                log::debug!(target: LOG, "closed {}", f.path.display());
+            }
+        }
+        result
+    }
+
+    fn close_all(&mut self) -> Result<()> {
+        let mut ids: Vec<u64> = self.files.keys().copied().collect();
+        ids.sort_unstable();
+        let mut first = None;
+        for id in ids {
+            if let Err(e) = self.close(id) {
+                if first.is_some() {
+                    log::warn!(target: LOG, "stop: {e}");
+                } else {
+                    first = Some(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Nothing can follow `Stop` (see `Link`), but if anything did, it is
+    /// counted and answered rather than dropped silently.
+    fn drain_after_stop(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(Cmd::Entry { .. }) => add(&self.stats.total.dropped, 1),
+                Ok(Cmd::Open { path, reply, .. }) => {
+                    let _ = reply.send(Err(stopped(Some(&path))));
+                }
+                Ok(Cmd::Flush { reply, .. } | Cmd::Commit { reply, .. } | Cmd::Stop { reply }) => {
+                    let _ = reply.send(Err(stopped(None)));
+                }
+                Ok(Cmd::Release { .. }) => {}
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+/// Keeps the first error since the last flush (later ones are only counted).
+fn remember(f: &mut OpenFile, e: io::Error) {
+    if f.error.is_none() {
+        log::warn!(target: LOG, "writing {} failed: {e}", f.path.display());
+        f.error = Some(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_can_be_shared_between_threads() {
+        assert_send_sync::<Recorder>();
+        assert_send_sync::<RecordFile>();
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones_and_valid() {
+        let c = RecorderConfig::default();
+        assert_eq!(c.batch_size, 256);
+        assert_eq!(c.flush_interval, Duration::from_millis(100));
+        assert_eq!(c.channel_capacity, 8192);
+        assert_eq!(c.overflow, Overflow::Block);
+        assert_eq!(OpenMode::default(), OpenMode::Append);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn a_stopped_error_is_recognized_and_a_real_broken_pipe_is_not() {
+        assert!(is_stopped_error(&stopped(Some(Path::new("x")))));
+        let epipe = Error::storage("x", io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(!is_stopped_error(&epipe));
+    }
+
+    #[test]
+    fn a_file_key_is_the_same_for_every_spelling_of_a_path() {
+        let dir = std::env::temp_dir();
+        let a = file_key(&dir.join("zen-ws-never-created.jsonl")).unwrap();
+        let b = file_key(&dir.join(".").join("zen-ws-never-created.jsonl")).unwrap();
+        assert_eq!(a, b);
+        assert!(a.is_absolute());
+        assert!(file_key(Path::new("/")).is_ok());
+        assert!(file_key(&dir.join("zen-ws-no-such-dir").join("x")).is_err());
+    }
+
+    #[test]
+    fn the_thread_is_named_and_stops_with_its_last_handle() {
+        let r = Recorder::start(RecorderConfig::default()).unwrap();
+        assert!(r.inner.name.starts_with("zen-ws-recorder-"));
+        let link = Arc::clone(&r.inner.link);
+        drop(r);
+        assert!(
+            link.tx.read().is_none(),
+            "dropping the last handle stopped it"
+        );
+    }
+}
