@@ -13,24 +13,21 @@
 //!
 //! The last line printed is the machine-readable `RESULT ...` line.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod support;
+
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+
 use std::time::{Duration, Instant};
+use support::*;
 
 use tungstenite::Message as WsMessage;
 use zen_websocket::{Client, Config, Event, Message};
 
 /// Text messages per flood round (before the `END` marker).
 const FLOOD_MESSAGES: usize = 1_000_000;
-/// Payload size of a flood message (fits the 7-bit length of a frame header).
-const FLOOD_PAYLOAD: usize = 100;
 /// Rounds per side; the best is kept.
 const FLOOD_ROUNDS: usize = 5;
-/// The marker that ends a flood round.
-const END_MARKER: &str = "END";
 /// The tuned read buffer for the zen-websocket flood client.
 const TUNED_READ_BUFFER: usize = 128 * 1024;
 
@@ -41,10 +38,6 @@ const ECHO_ITERATIONS: usize = 20_000;
 
 /// The whole run is aborted after this.
 const WATCHDOG: Duration = Duration::from_secs(240);
-/// Bound on any single blocking socket read in this bench.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound on any single blocking socket write in this bench.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() {
     start_watchdog(WATCHDOG);
@@ -55,7 +48,11 @@ fn main() {
     );
 
     // ---- (a) inbound flood -------------------------------------------------
-    let flood = Server::start("flood", Arc::<[u8]>::from(flood_stream()), serve_flood);
+    let flood = Server::start(
+        "flood",
+        Arc::<[u8]>::from(flood_stream(FLOOD_MESSAGES)),
+        serve_flood,
+    );
     let flood_url = flood.url();
     println!(
         "flood: {FLOOD_MESSAGES} x {FLOOD_PAYLOAD}-byte text messages per round + \"{END_MARKER}\", \
@@ -111,178 +108,6 @@ fn main() {
 }
 
 /// Abort the whole process if the bench runs past `limit`.
-fn start_watchdog(limit: Duration) {
-    std::thread::Builder::new()
-        .name("bench-watchdog".into())
-        .spawn(move || {
-            std::thread::sleep(limit);
-            eprintln!("throughput bench: watchdog fired after {limit:?}; aborting");
-            std::process::exit(2);
-        })
-        .expect("spawning the watchdog thread");
-}
-
-// ---- servers ----------------------------------------------------------------
-
-/// A loopback server thread that serves one connection at a time until stopped.
-struct Server {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<usize>,
-    name: &'static str,
-}
-
-impl Server {
-    fn start<T: ?Sized + Send + Sync + 'static>(
-        name: &'static str,
-        data: Arc<T>,
-        handle: fn(TcpStream, &T) -> Result<(), String>,
-    ) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback listener");
-        let addr = listener.local_addr().expect("reading the listener address");
-        // Non-blocking accept, polled, so that `stop` can end the thread.
-        listener
-            .set_nonblocking(true)
-            .expect("making the listener non-blocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("bench-{name}-server"))
-            .spawn(move || {
-                let mut served = 0;
-                while !flag.load(Ordering::Acquire) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            if let Err(e) = handle(stream, &data) {
-                                eprintln!("{name} server: connection failed: {e}");
-                            }
-                            served += 1;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(e) => {
-                            eprintln!("{name} server: accept failed: {e}");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                }
-                served
-            })
-            .expect("spawning a server thread");
-        Server {
-            addr,
-            stop,
-            thread,
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Release);
-        match self.thread.join() {
-            Ok(n) => println!("{} server: stopped after {n} connections", self.name),
-            Err(_) => panic!("{} server thread panicked", self.name),
-        }
-    }
-}
-
-/// Blocking, with bounded reads and writes.
-fn configure(stream: &TcpStream) -> Result<(), String> {
-    stream
-        .set_nonblocking(false)
-        .and_then(|_| stream.set_read_timeout(Some(READ_TIMEOUT)))
-        .and_then(|_| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
-        .and_then(|_| stream.set_nodelay(true))
-        .map_err(|e| format!("configuring the socket: {e}"))
-}
-
-/// An unmasked server text frame (FIN + opcode 1) with a 7-bit length.
-fn text_frame(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126, "7-bit frame length only");
-    let mut f = Vec::with_capacity(payload.len() + 2);
-    f.push(0x81);
-    f.push(payload.len() as u8);
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The 100-byte flood payload (ASCII, so valid UTF-8).
-fn flood_payload() -> Vec<u8> {
-    (0..FLOOD_PAYLOAD).map(|i| b'a' + (i % 26) as u8).collect()
-}
-
-/// One round's bytes: `FLOOD_MESSAGES` frames, then the `END` marker frame.
-fn flood_stream() -> Vec<u8> {
-    let frame = text_frame(&flood_payload());
-    let end = text_frame(END_MARKER.as_bytes());
-    let mut buf = Vec::with_capacity(frame.len() * FLOOD_MESSAGES + end.len());
-    for _ in 0..FLOOD_MESSAGES {
-        buf.extend_from_slice(&frame);
-    }
-    buf.extend_from_slice(&end);
-    buf
-}
-
-/// Upgrade, write the whole pre-encoded flood with `write_all`, then wait for
-/// the client's close and answer it.
-fn serve_flood(stream: TcpStream, flood: &[u8]) -> Result<(), String> {
-    configure(&stream)?;
-    let mut ws = tungstenite::accept(stream).map_err(|e| format!("handshake: {e}"))?;
-    ws.get_mut()
-        .write_all(flood)
-        .and_then(|_| ws.get_mut().flush())
-        .map_err(|e| format!("writing the flood: {e}"))?;
-    finish_server(&mut ws)
-}
-
-/// Echo every data message back until the client closes.
-fn serve_echo(stream: TcpStream, _: &()) -> Result<(), String> {
-    configure(&stream)?;
-    let mut ws = tungstenite::accept(stream).map_err(|e| format!("handshake: {e}"))?;
-    loop {
-        match ws.read() {
-            Ok(m @ (WsMessage::Text(_) | WsMessage::Binary(_))) => {
-                ws.send(m).map_err(|e| format!("echoing: {e}"))?;
-            }
-            Ok(WsMessage::Close(_)) => return finish_server(&mut ws),
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) => return Ok(()),
-            Err(e) => return Err(format!("reading: {e}")),
-        }
-    }
-}
-
-/// Read until the close handshake is over (tungstenite queues the close reply
-/// when it reads the client's close frame; the reads and flushes send it).
-fn finish_server(ws: &mut tungstenite::WebSocket<TcpStream>) -> Result<(), String> {
-    loop {
-        match ws.read() {
-            Ok(WsMessage::Close(_)) => {
-                let _ = ws.flush();
-            }
-            Ok(_) => {}
-            Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
-                return Ok(())
-            }
-            // The client may drop the TCP connection right after the handshake.
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(format!("waiting for the close: {e}")),
-        }
-    }
-}
-
 // ---- (a) flood clients ------------------------------------------------------
 
 struct FloodRound {

@@ -603,10 +603,6 @@ impl Client {
     pub fn close(&self) -> Result<()> {
         close_and_join(&self.handle.shared, &self.handle.thread, &self.handle.done)
     }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.handle.shared
-    }
 }
 
 fn close_and_join(

@@ -217,7 +217,6 @@ impl Config {
         ConfigBuilder {
             url: url.into(),
             config: ConfigDefaults::default().0,
-            error: None,
         }
     }
 
@@ -251,7 +250,6 @@ impl Config {
         ConfigBuilder {
             url: self.endpoint.url(),
             config: self.clone(),
-            error: None,
         }
     }
 }
@@ -299,7 +297,6 @@ impl Default for ConfigDefaults {
 pub struct ConfigBuilder {
     url: String,
     config: Config,
-    error: Option<ConfigError>,
 }
 
 impl ConfigBuilder {
@@ -445,17 +442,8 @@ impl ConfigBuilder {
         &mut self.config.extension
     }
 
-    pub(crate) fn fail(&mut self, e: ConfigError) {
-        if self.error.is_none() {
-            self.error = Some(e);
-        }
-    }
-
     /// Validate and build. The error names the field and the rule.
     pub fn build(self) -> Result<Config, ConfigError> {
-        if let Some(e) = self.error {
-            return Err(e);
-        }
         let mut c = self.config;
         c.endpoint = Endpoint::parse(&self.url)?;
         for (name, value) in &c.headers {

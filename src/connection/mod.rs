@@ -741,13 +741,28 @@ impl Conn {
         c.messages_in
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
         c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(file) = &self.shared.record {
+            // Recorded before delivery (the file shows what arrived even if the
+            // consumer never reads it), as one hand-over per burst, stamped once:
+            // the frames of a burst arrived together.
+            let ts = std::time::SystemTime::now();
+            let conn = Some(self.shared.id);
+            let entries = batch
+                .iter()
+                .map(|m| Entry {
+                    ts,
+                    dir: Direction::In,
+                    kind: match m {
+                        Message::Text(t) => EntryKind::Text(t.clone()),
+                        Message::Binary(b) => EntryKind::Binary(b.clone()),
+                    },
+                    conn,
+                })
+                .collect();
+            file.record_batch(entries);
+        }
         let classify = self.shared.classify.load(Ordering::Acquire);
         for m in batch.drain(..) {
-            if self.shared.record.is_some() {
-                // Recorded before delivery: the file shows what arrived even if
-                // the consumer never reads it.
-                self.shared.record_message(Direction::In, m.clone());
-            }
             let ev = if classify {
                 match self.classify(m) {
                     Some(ev) => ev,

@@ -27,7 +27,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::redact::Redactor;
-use super::timestamp::{format_timestamp, parse_timestamp};
+use super::timestamp::parse_timestamp;
 
 /// Who sent a frame, or `Internal` for the client's own lifecycle events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -301,7 +301,7 @@ pub fn encode(entry: &Entry, redactor: &Redactor) -> String {
 /// [`encode`], appending to `out` (the writer reuses one buffer per batch).
 pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String) {
     out.push_str("{\"ts\":\"");
-    out.push_str(&format_timestamp(entry.ts));
+    super::timestamp::push_timestamp(out, entry.ts);
     out.push_str("\",\"dir\":\"");
     out.push_str(entry.dir.as_str());
     out.push_str("\",\"type\":\"");
@@ -353,11 +353,27 @@ pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String) 
 
 /// Appends `s` as a JSON string literal. Written by hand because it cannot
 /// fail, unlike `serde_json::to_string`, and needs no intermediate allocation.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 fn push_json_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
+        // Most bytes need no escape; one table load tells.
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
+        }
         let escape = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",

@@ -77,6 +77,11 @@ const SENSITIVE_HEADER_WORDS: &[&str] = &[
 pub struct Redactor {
     /// Normalized (ASCII lowercase, without `_` and `-`), deduplicated, never empty strings.
     keys: Vec<String>,
+    /// Bytes that some key starts with: the prefilter's table.
+    first: [bool; 256],
+    /// True when every key is made of key bytes (alphanumerics, `_`, `-`), so a
+    /// key can only appear in a text as a whole token.
+    token_keys: bool,
 }
 
 impl Default for Redactor {
@@ -93,7 +98,11 @@ impl Redactor {
 
     /// A redactor that changes nothing.
     pub fn none() -> Self {
-        Redactor { keys: Vec::new() }
+        Redactor {
+            keys: Vec::new(),
+            first: [false; 256],
+            token_keys: true,
+        }
     }
 
     /// The default keys plus `extra`.
@@ -116,6 +125,13 @@ impl Redactor {
                 self.keys.push(n);
             }
         }
+        self.first = [false; 256];
+        for k in &self.keys {
+            if let Some(&b) = k.as_bytes().first() {
+                self.first[b as usize] = true;
+            }
+        }
+        self.token_keys = self.keys.iter().all(|k| k.bytes().all(is_key_byte));
         self
     }
 
@@ -240,17 +256,43 @@ impl Redactor {
         if self.keys.is_empty() {
             return false;
         }
-        // A JSON escape can spell a key without its letters (`\u0074oken`);
-        // let the full parser decide then.
-        if text.contains("\\u") {
-            return true;
+        if !self.token_keys {
+            let folded = normalize(text);
+            return text.contains("\\u") || self.keys.iter().any(|k| folded.contains(k.as_str()));
         }
-        let folded: String = text
-            .chars()
-            .filter(|c| *c != '_' && *c != '-')
-            .map(|c| c.to_ascii_lowercase())
-            .collect();
-        self.keys.iter().any(|k| folded.contains(k.as_str()))
+        // One pass over the bytes, no allocation: this runs on every recorded
+        // text frame, and almost none of them hold a credential. Redaction only
+        // ever applies to a whole key (a JSON key or the key of `key=value`), so
+        // only whole tokens need comparing, and only those whose first
+        // significant byte starts some key.
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if !is_key_byte(b) {
+                // A JSON escape can spell a key without its letters (`\u0074oken`);
+                // let the full parser decide then.
+                if b == b'\\' && bytes.get(i + 1) == Some(&b'u') {
+                    return true;
+                }
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && is_key_byte(bytes[i]) {
+                i += 1;
+            }
+            let token = &bytes[start..i];
+            let lead = token.iter().find(|c| **c != b'_' && **c != b'-');
+            if let Some(&c) = lead {
+                if self.first[c.to_ascii_lowercase() as usize]
+                    && text.get(start..i).is_some_and(|t| self.is_sensitive_key(t))
+                {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Redacts valid JSON text while keeping its formatting. Falls back to a
@@ -379,8 +421,21 @@ fn normalized_eq(raw: &str, norm: &str) -> bool {
 }
 
 fn is_key_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    KEY_BYTES[b as usize]
 }
+
+/// `is_key_byte` as a table: the prefilter runs it on every byte of every
+/// recorded text frame, and one load beats four comparisons.
+static KEY_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        i += 1;
+    }
+    t
+};
 
 fn is_value_delimiter(b: u8) -> bool {
     b.is_ascii_whitespace()

@@ -29,6 +29,14 @@ const MICROS: i128 = 1_000_000;
 /// assert_eq!(format_timestamp(t), "2023-11-14T22:13:20.123456Z");
 /// ```
 pub fn format_timestamp(t: SystemTime) -> String {
+    let mut out = String::with_capacity(27);
+    push_timestamp(&mut out, t);
+    out
+}
+
+/// [`format_timestamp`], appending to `out` without `format!` (the writer
+/// stamps every entry, so this is on its hot path).
+pub(crate) fn push_timestamp(out: &mut String, t: SystemTime) {
     let micros = micros_since_epoch(t).clamp(
         i128::from(MIN_SECS) * MICROS,
         i128::from(MAX_SECS) * MICROS + (MICROS - 1),
@@ -37,13 +45,25 @@ pub fn format_timestamp(t: SystemTime) -> String {
     let secs = micros.div_euclid(MICROS) as i64;
     let frac = micros.rem_euclid(MICROS) as u32;
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let sod = secs.rem_euclid(86_400) as u32;
+    let mut buf = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut buf[0..4], year.clamp(0, 9999) as u32);
+    put_digits(&mut buf[5..7], month);
+    put_digits(&mut buf[8..10], day);
+    put_digits(&mut buf[11..13], sod / 3600);
+    put_digits(&mut buf[14..16], sod % 3600 / 60);
+    put_digits(&mut buf[17..19], sod % 60);
+    put_digits(&mut buf[20..26], frac);
+    // Every byte is an ASCII digit or separator.
+    out.push_str(std::str::from_utf8(&buf).unwrap_or("1970-01-01T00:00:00.000000Z"));
+}
+
+/// Writes `v` as decimal into `slot`, right-aligned, zero-padded.
+fn put_digits(slot: &mut [u8], mut v: u32) {
+    for b in slot.iter_mut().rev() {
+        *b = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Parses an RFC 3339 time stamp.

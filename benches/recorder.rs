@@ -1,0 +1,137 @@
+//! Recording throughput, on loopback and a temporary directory.
+//!
+//! Run with `cargo bench --bench recorder`:
+//!
+//! * (a) the writer thread alone: 100-byte text entries into one file, entries
+//!   per second including the final flush (fsync);
+//! * (b) the inbound flood of the throughput bench, recording on versus off, in
+//!   the same run (best of several rounds each, interleaved).
+//!
+//! The last line is `RESULT entries_per_s=<n> recording_ratio=<on/off>`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use zen_websocket::recorder::{Direction, OpenMode, Recorder, RecorderConfig};
+use zen_websocket::{Client, Config, Event, Message};
+
+const WRITER_ENTRIES: usize = 2_000_000;
+const WRITER_ROUNDS: usize = 3;
+const FLOOD_MESSAGES: usize = 500_000;
+const FLOOD_ROUNDS: usize = 5;
+
+fn main() {
+    start_watchdog(Duration::from_secs(300));
+    let dir = std::env::temp_dir().join(format!("zen-ws-bench-recorder-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating the temp dir");
+
+    // (a) the writer alone.
+    let payload: String = (0..FLOOD_PAYLOAD)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let mut best_writer = 0f64;
+    for round in 0..WRITER_ROUNDS {
+        let recorder = Recorder::start(RecorderConfig::default()).expect("starting a recorder");
+        let path = dir.join(format!("writer-{round}.jsonl"));
+        let file = recorder
+            .open(&path, OpenMode::Truncate)
+            .expect("opening the bench file");
+        let started = Instant::now();
+        for _ in 0..WRITER_ENTRIES {
+            file.record_text(Direction::In, &payload, Some(1));
+        }
+        file.flush().expect("flushing the bench file");
+        let elapsed = started.elapsed();
+        let rate = WRITER_ENTRIES as f64 / elapsed.as_secs_f64();
+        let stats = file.stats();
+        assert_eq!(stats.entries as usize, WRITER_ENTRIES, "entries lost");
+        println!(
+            "writer round {round}: {WRITER_ENTRIES} entries in {elapsed:?} = {:.2} M entries/s ({:.1} MB)",
+            rate / 1e6,
+            stats.bytes as f64 / 1e6
+        );
+        best_writer = best_writer.max(rate);
+        recorder.stop().expect("stopping the recorder");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    // (b) the client flood, recording off and on.
+    let flood = Arc::<[u8]>::from(flood_stream(FLOOD_MESSAGES));
+    let server = Server::start("flood", flood, serve_flood);
+    let recorder = Recorder::start(RecorderConfig::default()).expect("starting a recorder");
+    let (mut off, mut on) = (0f64, 0f64);
+    for round in 0..FLOOD_ROUNDS {
+        let r_off = flood_round(&server.url(), None);
+        let before = recorder.stats().total.entries;
+        let path = dir.join(format!("flood-{round}.jsonl"));
+        let r_on = flood_round(&server.url(), Some((&recorder, &path)));
+        // Let the writer catch up untimed, so rounds do not bleed into each other.
+        recorder.flush(&path).expect("flushing the flood recording");
+        let recorded = recorder.stats().total.entries - before;
+        println!(
+            "flood round {round}: off {:.2} M msg/s, on {:.2} M msg/s ({recorded} entries recorded)",
+            r_off / 1e6,
+            r_on / 1e6
+        );
+        assert!(
+            recorded as usize > FLOOD_MESSAGES,
+            "the recording lost entries"
+        );
+        off = off.max(r_off);
+        on = on.max(r_on);
+        let _ = std::fs::remove_file(&path);
+    }
+    recorder.stop().expect("stopping the recorder");
+    server.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "writer best {:.2} M entries/s; flood best off {:.2} M/s, on {:.2} M/s",
+        best_writer / 1e6,
+        off / 1e6,
+        on / 1e6
+    );
+    println!(
+        "RESULT entries_per_s={:.0} recording_ratio={:.2}",
+        best_writer,
+        on / off
+    );
+}
+
+/// One flood round; returns messages per second delivered to the consumer.
+fn flood_round(url: &str, record: Option<(&Recorder, &std::path::Path)>) -> f64 {
+    let mut builder = Config::builder(url)
+        .heartbeat_interval(None)
+        .reconnect_on_error(false);
+    if let Some((recorder, path)) = record {
+        builder = builder.recorder(recorder).record_to(path);
+    }
+    let client = Client::connect(builder.build().expect("config")).expect("connecting");
+    let events = client.events();
+    let mut count = 0usize;
+    let mut first = None;
+    loop {
+        let next = match events.try_recv() {
+            Ok(ev) => Ok(ev),
+            Err(_) => events.recv_timeout(READ_TIMEOUT),
+        };
+        match next {
+            Ok(Event::Message(Message::Text(t))) => {
+                if t == END_MARKER {
+                    break;
+                }
+                first.get_or_insert_with(Instant::now);
+                count += 1;
+            }
+            Ok(Event::Connected { .. }) => {}
+            Ok(other) => panic!("unexpected event during the flood: {other:?}"),
+            Err(e) => panic!("no flood message within {READ_TIMEOUT:?}: {e}"),
+        }
+    }
+    let elapsed = first.expect("no message").elapsed();
+    assert_eq!(count, FLOOD_MESSAGES, "messages lost");
+    client.close().expect("closing the flood client");
+    count as f64 / elapsed.as_secs_f64()
+}
