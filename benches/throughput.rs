@@ -107,7 +107,6 @@ fn main() {
     );
 }
 
-/// Abort the whole process if the bench runs past `limit`.
 // ---- (a) flood clients ------------------------------------------------------
 
 struct FloodRound {
