@@ -124,7 +124,7 @@ pub enum Event {
     },
     /// A response whose caller had already timed out (requests are never re-sent,
     /// so this says the server processed it after all).
-    LateResponse(Response),
+    LateResponse(Box<Response>),
     /// The tracked subscriptions were restored after a reconnect.
     SubscriptionsRestored {
         /// The channels confirmed again.

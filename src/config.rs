@@ -284,7 +284,7 @@ impl Default for ConfigDefaults {
             read_buffer_size: 8 * 1024,
             write_buffer_size: 0,
             max_message_size: 64 << 20,
-            event_capacity: 1024,
+            event_capacity: 256,
             event_policy: EventPolicy::Block,
             thread_stack_size: 256 * 1024,
             extension: crate::client::Extensions::default(),
@@ -420,7 +420,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Capacity of the event channel. Defaults to 1024.
+    /// Capacity of the event channel (its slots are allocated up front, about
+    /// 70 bytes each). Defaults to 256.
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.config.event_capacity = n;
         self

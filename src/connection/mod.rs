@@ -794,11 +794,12 @@ impl Conn {
                         // Only the last of a batch of late answers is kept as the
                         // event; earlier ones are delivered first.
                         if let Some(prev) = late.replace(r) {
-                            let _ = self.emit(Event::LateResponse(prev), EventPolicy::Block);
+                            let _ =
+                                self.emit(Event::LateResponse(Box::new(prev)), EventPolicy::Block);
                         }
                     }
                 }
-                late.map(Event::LateResponse)
+                late.map(|r| Event::LateResponse(Box::new(r)))
             }
             Inbound::Subscription { channel, data } => Some(Event::Subscription { channel, data }),
             Inbound::Heartbeat { reply } => {
