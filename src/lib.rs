@@ -112,3 +112,15 @@ pub use message::{close_code, CloseFrame, Message};
 /// The channel crate of [`Client::events`], re-exported so that your code uses
 /// the same version.
 pub use crossbeam_channel;
+
+/// The guides under `docs/` are compiled and run as doc tests, so their code
+/// stays true.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/performance-tuning.md")]
+    struct PerformanceTuning;
+    #[doc = include_str!("../docs/troubleshooting-reconnection.md")]
+    struct TroubleshootingReconnection;
+    #[doc = include_str!("../docs/recording-format.md")]
+    struct RecordingFormat;
+}

@@ -294,14 +294,29 @@ impl std::error::Error for DecodeError {}
 /// ```
 pub fn encode(entry: &Entry, redactor: &Redactor) -> String {
     let mut out = String::with_capacity(96 + entry.kind.payload_len() * 4 / 3);
-    encode_into(entry, redactor, &mut out);
+    encode_into(entry, redactor, &mut out, &mut TsCache::default());
     out
 }
 
+/// The last time stamp formatted: the entries of one read burst share their
+/// stamp, so the writer formats it once per burst instead of once per entry.
+#[derive(Debug, Default)]
+pub(crate) struct TsCache {
+    last: Option<(SystemTime, String)>,
+}
+
 /// [`encode`], appending to `out` (the writer reuses one buffer per batch).
-pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String) {
+pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String, ts: &mut TsCache) {
     out.push_str("{\"ts\":\"");
-    super::timestamp::push_timestamp(out, entry.ts);
+    match &ts.last {
+        Some((t, text)) if *t == entry.ts => out.push_str(text),
+        _ => {
+            let mut text = String::with_capacity(27);
+            super::timestamp::push_timestamp(&mut text, entry.ts);
+            out.push_str(&text);
+            ts.last = Some((entry.ts, text));
+        }
+    }
     out.push_str("\",\"dir\":\"");
     out.push_str(entry.dir.as_str());
     out.push_str("\",\"type\":\"");

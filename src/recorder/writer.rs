@@ -25,7 +25,7 @@ use crossbeam_channel::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use super::entry::{encode_into, Direction, Entry, EntryKind};
+use super::entry::{encode_into, Direction, Entry, EntryKind, TsCache};
 use super::redact::Redactor;
 use crate::{ConfigError, Error, Result, TimeoutKind};
 
@@ -1043,8 +1043,9 @@ impl Writer {
         if f.needs_newline {
             line.push('\n');
         }
+        let mut ts = TsCache::default();
         for entry in &batch {
-            encode_into(entry, &self.redactor, line);
+            encode_into(entry, &self.redactor, line, &mut ts);
             line.push('\n');
         }
         let n = batch.len() as u64;
