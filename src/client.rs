@@ -394,6 +394,12 @@ impl Client {
         if config.debug {
             log::debug!(target: "zen_websocket", "conn {id}: connecting to {}", config.url());
         }
+        // The recording opens first: a path that cannot be written fails the
+        // connect before anything is dialed.
+        let record = match &config.extension.record {
+            Some(target) => Some(target.open()?),
+            None => None,
+        };
         let socket = transport::dial(&config)?;
         let (events_tx, events_rx) = crossbeam_channel::bounded(config.event_capacity);
         let (doorbell_tx, doorbell_rx) = crossbeam_channel::bounded(1);
@@ -404,10 +410,6 @@ impl Client {
             .protocol
             .clone()
             .unwrap_or_else(|| Arc::new(JsonRpc::default()));
-        let record = match &config.extension.record {
-            Some(target) => Some(target.open()?),
-            None => None,
-        };
         let limiter = match &config.extension.rate_limit {
             Some(l) => Some(TokenBucket::new(l.clone())?),
             None => None,

@@ -19,7 +19,7 @@ use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, MutexGuard};
@@ -142,6 +142,9 @@ impl Shared {
         };
         let mut guard = self.socket.lock();
         let sock = guard.as_mut().ok_or(Error::NotConnected)?;
+        // Stamped under the lock, before the write: a reply can only be read
+        // (and stamped) after we release it, so the file keeps cause before effect.
+        let ts = recorded.as_ref().map(|_| SystemTime::now());
         if let Err(e) = sock.ws.send(ws) {
             let err = transport::ws_error(e, "sending");
             // A failed write leaves the stream in an unknown state: cut it so the
@@ -152,19 +155,24 @@ impl Shared {
         drop(guard);
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(len, Ordering::Relaxed);
-        if let Some(m) = recorded {
-            self.record_message(Direction::Out, m);
+        if let (Some(m), Some(ts)) = (recorded, ts) {
+            self.record_message(Direction::Out, m, ts);
         }
         Ok(())
     }
 
-    pub(crate) fn record_message(&self, dir: Direction, m: Message) {
+    pub(crate) fn record_message(&self, dir: Direction, m: Message, ts: SystemTime) {
         if let Some(file) = &self.record {
             let kind = match m {
                 Message::Text(t) => EntryKind::Text(t),
                 Message::Binary(b) => EntryKind::Binary(b),
             };
-            file.record(Entry::now(dir, kind, Some(self.id)));
+            file.record(Entry {
+                ts,
+                dir,
+                kind,
+                conn: Some(self.id),
+            });
         }
     }
 
@@ -178,6 +186,7 @@ impl Shared {
     pub(crate) fn send_close_frame(&self) {
         let mut guard = self.socket.lock();
         if let Some(sock) = guard.as_mut() {
+            let ts = SystemTime::now();
             let frame = WsCloseFrame {
                 code: CloseCode::Normal,
                 reason: "".into(),
@@ -191,13 +200,17 @@ impl Shared {
                 sock.shutdown();
             }
             drop(guard);
-            self.record_entry(
-                Direction::Out,
-                EntryKind::Close {
-                    code: Some(1000),
-                    reason: String::new(),
-                },
-            );
+            if let Some(file) = &self.record {
+                file.record(Entry {
+                    ts,
+                    dir: Direction::Out,
+                    kind: EntryKind::Close {
+                        code: Some(1000),
+                        reason: String::new(),
+                    },
+                    conn: Some(self.id),
+                });
+            }
         }
     }
 
@@ -664,19 +677,19 @@ impl Conn {
                     Ok(WsMessage::Ping(_)) | Ok(WsMessage::Frame(_)) => {}
                     Ok(WsMessage::Pong(p)) => self.on_pong(&p),
                     Ok(WsMessage::Close(frame)) => {
+                        let (code, reason) = frame
+                            .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                            .unwrap_or((1005, String::new()));
+                        self.shared.record_entry(
+                            Direction::In,
+                            EntryKind::Close {
+                                code: Some(code),
+                                reason: reason.clone(),
+                            },
+                        );
                         end = Some(if closing {
                             End::UserClose { reply_seen: true }
                         } else {
-                            let (code, reason) = frame
-                                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                                .unwrap_or((1005, String::new()));
-                            self.shared.record_entry(
-                                Direction::In,
-                                EntryKind::Close {
-                                    code: Some(code),
-                                    reason: reason.clone(),
-                                },
-                            );
                             End::PeerClosed { code, reason }
                         });
                         stopped = true;
@@ -745,7 +758,7 @@ impl Conn {
             // Recorded before delivery (the file shows what arrived even if the
             // consumer never reads it), as one hand-over per burst, stamped once:
             // the frames of a burst arrived together.
-            let ts = std::time::SystemTime::now();
+            let ts = SystemTime::now();
             let conn = Some(self.shared.id);
             let entries = batch
                 .iter()
@@ -901,7 +914,19 @@ impl Conn {
                 // deadline is checked on every read so a flood cannot hold us.
                 while Instant::now() < deadline {
                     match sock.ws.read() {
-                        Ok(WsMessage::Close(_)) => break 'wait,
+                        Ok(WsMessage::Close(frame)) => {
+                            let (code, reason) = frame
+                                .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                                .unwrap_or((1005, String::new()));
+                            self.shared.record_entry(
+                                Direction::In,
+                                EntryKind::Close {
+                                    code: Some(code),
+                                    reason,
+                                },
+                            );
+                            break 'wait;
+                        }
                         Ok(_) => {}
                         Err(e) if would_block(&e) => break,
                         Err(_) => break 'wait,

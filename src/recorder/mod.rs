@@ -40,12 +40,16 @@
 //! # Ok::<(), zen_websocket::Error>(())
 //! ```
 
+pub mod cassette;
 pub mod entry;
 mod redact;
 mod replay;
 mod timestamp;
 mod writer;
 
+pub use cassette::{
+    Cassette, CassetteMode, CassetteSession, ReplayOptions, ReplayServer, Timing, CASSETTE_ENV,
+};
 pub use entry::{decode, encode, DecodeError, Direction, Entry, EntryKind};
 pub use redact::{Redactor, DEFAULT_SENSITIVE_KEYS, REDACTED};
 pub use replay::{metadata, replay, replay_timed, BadLine, Metadata, Recording, ReplaySummary};

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -119,6 +119,10 @@ impl Iterator for Recording {
     }
 }
 
+/// The longest line read: a 64 MiB message (the default `max_message_size`) in
+/// base64 plus its fields fits.
+const MAX_LINE: usize = 96 << 20;
+
 /// Line reader shared by [`Recording`], [`replay`] and [`metadata`].
 #[derive(Debug)]
 struct Lines {
@@ -142,10 +146,25 @@ impl Lines {
     fn next_item(&mut self) -> io::Result<Option<std::result::Result<Entry, BadLine>>> {
         loop {
             self.buf.clear();
-            if self.reader.read_until(b'\n', &mut self.buf)? == 0 {
+            // Bounded: a file without newlines (or /dev/zero) must not grow the
+            // buffer without limit.
+            let read = (&mut self.reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut self.buf)?;
+            if read == 0 {
                 return Ok(None);
             }
             self.line += 1;
+            if self.buf.len() > MAX_LINE {
+                self.buf = Vec::new();
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "line {} is longer than {MAX_LINE} bytes; stopped reading",
+                        self.line
+                    ),
+                ));
+            }
             let had_newline = self.buf.last() == Some(&b'\n');
             let bytes = self.buf.trim_ascii();
             if bytes.is_empty() {
