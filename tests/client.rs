@@ -896,3 +896,15 @@ fn an_idle_connection_sends_only_heartbeats() {
     assert!(s.smoothed_rtt.is_some());
     client.close().unwrap();
 }
+
+#[test]
+fn a_server_that_hangs_up_during_the_upgrade_is_a_connection_error() {
+    let _w = watchdog("hangup_upgrade", T);
+    let server = RawServer::start(|mut conn| {
+        // Read the request, then close without answering.
+        let _ = read_request_key(&mut conn);
+    });
+    let err = Client::connect(fast(&server.url()).build().unwrap()).unwrap_err();
+    assert_eq!(err.category(), ErrorCategory::Connection, "{err:?}");
+    assert_eq!(err.recovery(), Recovery::Reconnect);
+}

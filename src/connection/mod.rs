@@ -455,10 +455,11 @@ impl Conn {
     }
 
     /// Wait up to `left` for data and drain it (used while opening).
-    fn pump(&mut self, left: Duration) -> Result<()> {
-        // What tungstenite or TLS already buffered is invisible to `peek`.
+    fn pump(&mut self, left: Duration, done: impl Fn() -> bool) -> Result<()> {
+        // What tungstenite or TLS already buffered is invisible to `peek`; and
+        // if that already answered the caller, waiting for more would stall it.
         self.drain_buffered()?;
-        if left.is_zero() {
+        if left.is_zero() || done() {
             return Ok(());
         }
         self.armed = None;
@@ -1065,7 +1066,8 @@ impl Opening<'_> {
             if left.is_zero() || shared.is_closing() {
                 break;
             }
-            self.conn.pump(left)?;
+            self.conn
+                .pump(left, || !shared.correlator.is_pending(&req.id))?;
         }
         pending.wait(Duration::ZERO)
     }

@@ -297,6 +297,16 @@ fn handshake_error(e: tungstenite::Error) -> Error {
             }
             _ => Error::io("upgrading", io),
         },
+        // The peer closed before the handshake finished: a lost connection,
+        // not a malformed handshake.
+        tungstenite::Error::Protocol(tungstenite::error::ProtocolError::HandshakeIncomplete)
+        | tungstenite::Error::ConnectionClosed => Error::io(
+            "upgrading",
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection during the upgrade",
+            ),
+        ),
         other => Error::Protocol(ProtocolError::Handshake(other.to_string())),
     }
 }

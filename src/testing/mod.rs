@@ -33,11 +33,13 @@
 
 mod accept;
 mod connection;
+mod deribit_server;
 mod matcher;
 mod pipe;
 mod server;
 mod tls;
 
+pub use deribit_server::{ConnectionInfo, DeribitServer, DeribitServerBuilder, RecordedRequest};
 pub use matcher::Matcher;
 pub use server::{Disconnect, HandshakeInfo, MockServer, MockServerBuilder, Reply};
 pub use tls::TestCertificates;

@@ -2,6 +2,8 @@
 //! port and a scriptable raw server for malformed peers.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fault_proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
