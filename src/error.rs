@@ -169,7 +169,9 @@ pub enum PoolError {
     NoneConnected,
     /// No client with this id is in the pool.
     UnknownClient(u64),
-    /// Every attempt failed before the message reached the wire; one cause per attempt.
+    /// Every attempt failed: for `send_balanced`/`request_balanced`, before the
+    /// message reached the wire; for `Pool::start`, every client failed to
+    /// connect. One `(pool client id, cause)` per attempt.
     AttemptsExhausted(Vec<(u64, Error)>),
 }
 

@@ -95,6 +95,7 @@ mod config;
 mod connection;
 mod error;
 mod message;
+pub mod pool;
 pub mod protocol;
 pub mod rate_limit;
 pub mod recorder;
@@ -108,6 +109,7 @@ pub use error::{
     ConfigError, Error, ErrorCategory, PoolError, ProtocolError, Recovery, Result, TimeoutKind,
 };
 pub use message::{close_code, CloseFrame, Message};
+pub use pool::{ClientHealth, ClientId, Pool, PoolBuilder, PoolEvent, PoolStats, Supervision};
 
 /// The channel crate of [`Client::events`], re-exported so that your code uses
 /// the same version.

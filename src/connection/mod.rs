@@ -148,8 +148,11 @@ impl Shared {
         if let Err(e) = sock.ws.send(ws) {
             let err = transport::ws_error(e, "sending");
             // A failed write leaves the stream in an unknown state: cut it so the
-            // connection thread notices at once and reconnects.
-            sock.shutdown();
+            // connection thread notices at once and reconnects. (NotConnected means
+            // a close handshake is under way and nothing was written: leave it be.)
+            if !matches!(err, Error::NotConnected) {
+                sock.shutdown();
+            }
             return Err(err);
         }
         drop(guard);

@@ -315,6 +315,14 @@ fn handshake_error(e: tungstenite::Error) -> Error {
 pub(crate) fn ws_error(e: tungstenite::Error, context: &'static str) -> Error {
     use tungstenite::error::{CapacityError, ProtocolError as WsProtocol};
     match e {
+        // On the send path tungstenite refuses these before writing a byte (the
+        // peer's close is under way): "not connected", so a pool may fail over.
+        tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Protocol(WsProtocol::SendAfterClosing)
+            if context == "sending" =>
+        {
+            Error::NotConnected
+        }
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Error::io(
             context,
             io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
