@@ -125,4 +125,6 @@ mod guides {
     struct TroubleshootingReconnection;
     #[doc = include_str!("../docs/recording-format.md")]
     struct RecordingFormat;
+    #[doc = include_str!("../docs/building-adapters.md")]
+    struct BuildingAdapters;
 }

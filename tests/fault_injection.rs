@@ -791,35 +791,246 @@ fn a_slow_consumer_makes_the_server_block_instead_of_memory_growing() {
 // supervisor does not restart it faster than the backoff (proxy attempts under
 // the same bound as `a_server_refusing_for_a_while_...`).
 
-// Deribit re-authentication after a stall: `zen_websocket::adapters::deribit::
-// DeribitClient` and `zen_websocket::testing::DeribitServer` do not exist in
-// this copy yet (the adapter only has `codes`). When they do, enable this:
-//
-// #[test]
-// fn deribit_re_authenticates_and_resubscribes_after_a_stall() {
-//     let _w = watchdog("deribit_stall", Duration::from_secs(60));
-//     let server = DeribitServer::start().unwrap();          // expects public/auth
-//     let proxy = FaultProxy::start(server.addr());
-//     let client = DeribitClient::connect(
-//         DeribitConfig::new(proxy.url())
-//             .credentials("id", "secret")
-//             .heartbeat_interval(Duration::from_millis(150))
-//             .heartbeat_timeout(Duration::from_millis(250))
-//             .connect_timeout(Duration::from_millis(500))
-//             .retry_delay(RETRY)
-//             .max_retry_delay(MAX_RETRY),
-//     )
-//     .unwrap();
-//     // 1. One `public/auth` seen by the server with grant_type client_credentials,
-//     //    then subscribe to a private channel (user.orders.BTC-PERPETUAL.raw).
-//     // 2. proxy.stall_both(): Disconnected with Error::Timeout(TimeoutKind::Pong).
-//     // 3. proxy.pass(): Reconnected; the server saw a second `public/auth`
-//     //    *before* the second `private/subscribe` (order of server.received()),
-//     //    the restored channel list equals the first, SubscriptionsRestored is
-//     //    emitted, and a private request (private/get_positions) succeeds
-//     //    with the new token (the server rejects the old one with 13009).
-//     // 4. No credential appears in the client's Debug output or the recording.
-// }
+// Deribit re-authentication after a stall. The half-open link is the case that
+// matters for a trading connection: nothing tells the client the link is dead
+// but its own heartbeat, and the connection that replaces it starts
+// unauthenticated, so private channels can only be restored after a fresh
+// `public/auth` on it.
+
+/// A private Deribit channel: `private/subscribe`, which needs auth first.
+const ORDERS: &str = "user.orders.BTC-PERPETUAL.raw";
+
+#[test]
+fn deribit_re_authenticates_and_resubscribes_after_a_stall() {
+    use zen_websocket::adapters::deribit::{DeribitClient, DeribitConfig};
+    use zen_websocket::testing::{ConnectionInfo, DeribitServer, RecordedRequest};
+
+    let _w = watchdog("deribit_stall", Duration::from_secs(60));
+    let client_id = "stall-test-id";
+    let secret = "stall-test-secret-that-must-not-leak";
+    let server = DeribitServer::builder()
+        .credentials(client_id, secret)
+        // Platform heartbeats often enough to see them set up again on the new
+        // connection (Deribit's own minimum, 10 s, is too slow for a test).
+        .heartbeat_interval_override(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let proxy = FaultProxy::start(server.addr());
+    let dir = TempDir::new("deribit-stall");
+    let recording = dir.0.join("session.jsonl");
+    let interval = Duration::from_millis(150);
+    let timeout = Duration::from_millis(250);
+    let connect_timeout = Duration::from_millis(500);
+    let config = DeribitConfig::builder()
+        .url(proxy.url())
+        .credentials(client_id, secret)
+        .cancel_on_disconnect(true)
+        .client_options({
+            let recording = recording.clone();
+            move |b| {
+                b.heartbeat_interval(interval)
+                    .heartbeat_timeout(timeout)
+                    .connect_timeout(connect_timeout)
+                    .retry_delay(RETRY)
+                    .max_retry_delay(MAX_RETRY)
+                    .close_timeout(Duration::from_millis(300))
+                    .request_timeout(Duration::from_secs(5))
+                    .record_to(recording)
+            }
+        })
+        .build()
+        .unwrap();
+    let client = DeribitClient::connect(config.clone()).unwrap();
+    let events = client.events();
+
+    // 1. One key login on connection 1, then a private subscription on it.
+    assert_eq!((server.auth_count(), server.refresh_count()), (1, 0));
+    let auths: Vec<RecordedRequest> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "public/auth")
+        .collect();
+    assert_eq!(auths.len(), 1, "{auths:?}");
+    assert_eq!(auths[0].connection, 1);
+    assert_eq!(auths[0].params["grant_type"], "client_credentials");
+    let first_tokens = client.tokens().expect("tokens after the first auth");
+    assert_eq!(client.subscribe(&[ORDERS]).unwrap(), [ORDERS]);
+    let first = server.connection(1).unwrap();
+    assert_eq!(first.subscriptions, [ORDERS]);
+    assert!(first.position("public/auth") < first.position("private/subscribe"));
+
+    // 2. A half-open link: only the client's heartbeat can tell.
+    proxy.stall_both();
+    let stalled_at = Instant::now();
+    let (ev, _) = wait_for(&events, T, is_disconnected);
+    let detected = stalled_at.elapsed();
+    let Event::Disconnected { cause } = ev else {
+        unreachable!()
+    };
+    assert!(
+        matches!(*cause, Error::Timeout(TimeoutKind::Pong)),
+        "{cause:?}"
+    );
+    assert!(
+        detected <= interval + timeout + Duration::from_secs(2),
+        "detected after {detected:?}"
+    );
+    // An attempt made during the stall never gets its upgrade through (the
+    // proxy holds it): it ends with the connect timeout, and no auth was tried.
+    let (ev, _) = wait_for(&events, T, |e| matches!(e, Event::ReconnectFailed { .. }));
+    let Event::ReconnectFailed { error, .. } = ev else {
+        unreachable!()
+    };
+    assert!(
+        matches!(*error, Error::Timeout(TimeoutKind::Connect)),
+        "{error:?}"
+    );
+    assert_eq!(server.auth_count(), 1);
+    assert_eq!(client.subscriptions(), [ORDERS], "still tracked");
+
+    // 3. The link heals: reconnect, auth, heartbeat, cancel-on-disconnect,
+    //    restore, in that order, on one new connection.
+    proxy.pass();
+    let passed_at = Instant::now();
+    let mut reconnected = None;
+    let mut restored = None;
+    let seen = collect(&events, passed_at + T, |e| {
+        match e {
+            Event::Reconnected { attempt } => reconnected = Some(*attempt),
+            Event::SubscriptionsRestored { channels } => restored = Some(channels.clone()),
+            _ => {}
+        }
+        reconnected.is_some() && restored.is_some()
+    });
+    let attempt = reconnected.unwrap_or_else(|| panic!("no Reconnected: {seen:#?}"));
+    assert!(attempt >= 2, "attempt 1 timed out in the stall: {attempt}");
+    assert_eq!(
+        restored.unwrap_or_else(|| panic!("no SubscriptionsRestored: {seen:#?}")),
+        [ORDERS]
+    );
+    // `Reconnected` comes first: the restore ran during the opening and its
+    // event waited, so the user sees the connection before what happened on it.
+    let position = |pred: fn(&Event) -> bool| seen.iter().position(|(_, e)| pred(e));
+    assert!(
+        position(is_reconnected) < position(|e| matches!(e, Event::SubscriptionsRestored { .. })),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, e)| matches!(e, Event::RestoreFailed { .. } | Event::GaveUp { .. })),
+        "{seen:#?}"
+    );
+
+    // Attempts that timed out in the stall may reach the server once the proxy
+    // lets their held upgrade through, but they carry no request: the new
+    // connection is the one other connection that called anything.
+    let busy: Vec<ConnectionInfo> = server
+        .connections()
+        .into_iter()
+        .filter(|c| c.id != 1 && !c.methods.is_empty())
+        .collect();
+    assert_eq!(busy.len(), 1, "{busy:#?}");
+    let new = &busy[0];
+    let new_requests: Vec<RecordedRequest> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.connection == new.id)
+        .collect();
+    let methods: Vec<&str> = new_requests
+        .iter()
+        .map(|r| r.method.as_str())
+        .filter(|m| *m != "public/test") // heartbeat answers may interleave
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "public/auth",
+            "public/set_heartbeat",
+            "private/enable_cancel_on_disconnect",
+            "private/subscribe",
+        ],
+        "{new_requests:#?}"
+    );
+    // The second login is a key login (not the old connection's refresh
+    // token), and the restore asks for the same private channel.
+    assert_eq!(new_requests[0].params["grant_type"], "client_credentials");
+    assert_eq!(new_requests[0].params["client_secret"], "[REDACTED]");
+    let restore = new_requests
+        .iter()
+        .find(|r| r.method == "private/subscribe")
+        .unwrap();
+    assert_eq!(restore.params, json!({"channels": [ORDERS]}));
+    assert!(new.authenticated);
+    assert_eq!(new.subscriptions, [ORDERS]);
+    assert_eq!((server.auth_count(), server.refresh_count()), (2, 0));
+    let second_tokens = client.tokens().unwrap();
+    assert_ne!(second_tokens.access_token(), first_tokens.access_token());
+
+    // 4. Private requests work on the new connection; the server answers them
+    //    only on a connection that authenticated, and cancel-on-disconnect
+    //    was enabled on it again by `on_connect`.
+    let coc = client
+        .request("private/get_cancel_on_disconnect", json!({}))
+        .unwrap();
+    assert_eq!(coc, json!({"scope": "connection", "enabled": true}));
+    assert_eq!(
+        server
+            .requests()
+            .last()
+            .map(|r| (r.connection, r.method.clone())),
+        Some((new.id, "private/get_cancel_on_disconnect".to_owned()))
+    );
+    // Platform heartbeats were set up again and are answered on it.
+    let new_id = new.id;
+    server
+        .wait_until(T, "a public/test on the new connection", |s| {
+            s.connection(new_id).is_some_and(|c| c.test_answers >= 1)
+        })
+        .unwrap();
+    // Notifications of the restored private channel reach the user.
+    assert_eq!(server.publish(ORDERS, json!([{"order_id": "o-2"}])), 1);
+    let (ev, _) = wait_for(&events, T, |e| matches!(e, Event::Subscription { .. }));
+    let Event::Subscription { channel, data } = ev else {
+        unreachable!()
+    };
+    assert_eq!(
+        (channel.as_str(), &data),
+        (ORDERS, &json!([{"order_id": "o-2"}]))
+    );
+    assert_eq!(client.client().stats().reconnects, 1);
+
+    // 5. No credential anywhere a user might print or share.
+    let shown = format!(
+        "{client:?} {config:?} {first_tokens:?} {second_tokens:?} {:?} {seen:?} {:?}",
+        client.client(),
+        server.requests()
+    );
+    client.close().unwrap(); // flushes the recording
+    let recorded = std::fs::read_to_string(&recording).unwrap();
+    for leaked in [
+        secret,
+        first_tokens.access_token(),
+        first_tokens.refresh_token(),
+        second_tokens.access_token(),
+        second_tokens.refresh_token(),
+    ] {
+        assert!(
+            !shown.contains(leaked),
+            "`{leaked}` in Debug output: {shown}"
+        );
+        assert!(!recorded.contains(leaked), "`{leaked}` in the recording");
+    }
+    assert!(shown.contains("[REDACTED]"), "{shown}");
+    assert!(recorded.contains("[REDACTED]"));
+    eprintln!(
+        "deribit stall: detected after {detected:?}, reconnected on attempt {attempt} \
+         ({:?} after pass), {} proxy attempts, {} server connections",
+        seen.last().map(|(at, _)| at.duration_since(passed_at)),
+        proxy.attempts(),
+        server.total_connections()
+    );
+}
 
 #[test]
 fn the_proxy_forwards_delays_and_counts() {
@@ -861,4 +1072,69 @@ fn the_proxy_forwards_delays_and_counts() {
     assert!(proxy.wait_connections(1, T), "{proxy:?}");
     client.close().unwrap();
     assert!(proxy.wait_connections(0, T), "{proxy:?}");
+}
+
+/// A transient refusal while a connection is being opened must cost one
+/// attempt, not the client: Deribit answers 10040 `retry` ("the request can't
+/// be processed right now and should be retried"), and a DeribitClient
+/// reconnects forever by default.
+#[test]
+fn deribit_keeps_reconnecting_after_a_transient_error_in_on_connect() {
+    use zen_websocket::adapters::deribit::{DeribitClient, DeribitConfig};
+    use zen_websocket::testing::DeribitServer;
+
+    let _w = watchdog("deribit_transient", Duration::from_secs(30));
+    let server = DeribitServer::start().unwrap();
+    let config = DeribitConfig::builder()
+        .url(server.url())
+        .credentials(
+            DeribitServer::DEMO_CLIENT_ID,
+            DeribitServer::DEMO_CLIENT_SECRET,
+        )
+        .client_options(|b| {
+            b.retry_delay(RETRY)
+                .max_retry_delay(MAX_RETRY)
+                .close_timeout(Duration::from_millis(300))
+        })
+        .build()
+        .unwrap();
+    let client = DeribitClient::connect(config).unwrap();
+    assert_eq!(client.subscribe(&[ORDERS]).unwrap(), [ORDERS]);
+    let events = client.events();
+
+    server.fail_method("public/set_heartbeat", 10040, "retry");
+    assert_eq!(server.disconnect_all(), 1);
+    // Two refused openings in a row, and no GaveUp after the first.
+    for attempt in 1..=2 {
+        let (ev, skipped) = wait_for(&events, T, |e| {
+            matches!(e, Event::ReconnectFailed { .. } | Event::GaveUp { .. })
+        });
+        match ev {
+            Event::ReconnectFailed { error, .. } => assert!(
+                matches!(*error, Error::Rpc { code: 10040, .. }),
+                "{error:?}"
+            ),
+            other => panic!(
+                "attempt {attempt}: a transient error ended reconnection: {other:?} (after {skipped:#?})"
+            ),
+        }
+    }
+
+    // Once the venue accepts again, the next attempt opens the connection.
+    server.clear_failures();
+    let (ev, skipped) = wait_for(&events, T, |e| {
+        matches!(
+            e,
+            Event::SubscriptionsRestored { .. } | Event::GaveUp { .. }
+        )
+    });
+    let Event::SubscriptionsRestored { channels } = ev else {
+        panic!("{ev:?} after {skipped:#?}")
+    };
+    assert_eq!(channels, [ORDERS]);
+    assert!(skipped.iter().any(is_reconnected), "{skipped:#?}");
+    assert!(client
+        .request("private/get_cancel_on_disconnect", json!({}))
+        .is_ok());
+    client.close().unwrap();
 }

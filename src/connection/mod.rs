@@ -1015,7 +1015,10 @@ impl Conn {
                         attempt,
                         error: e.clone(),
                     });
-                    if !e.is_recoverable() {
+                    // An error answer from the venue while opening (a transient
+                    // "retry later" to a set-up request) costs one attempt, not
+                    // the whole client; auth, TLS and config errors still stop.
+                    if !e.is_recoverable() && !matches!(*e, Error::Rpc { .. }) {
                         self.shared.set_state(ConnectionState::Closed);
                         self.emit_lifecycle(Event::GaveUp {
                             attempts: attempt,
