@@ -138,6 +138,21 @@ pub enum Event {
         /// Why it failed.
         error: Arc<Error>,
     },
+    /// A sequenced channel (a Deribit `book.*` order book) skipped at least one
+    /// update: a change named `received` as its predecessor where the last one
+    /// seen was `expected`. Your copy of that book is stale: drop it. The client
+    /// has already resubscribed the channel (unsubscribe, then subscribe; their
+    /// answers are consumed, and the channel stays tracked), so its next data
+    /// is a fresh snapshot; the gapped change, and any that build on it, are not
+    /// delivered.
+    SequenceGap {
+        /// The channel, e.g. `book.BTC-PERPETUAL.100ms`.
+        channel: String,
+        /// The last sequence number (`change_id`) seen on the channel.
+        expected: u64,
+        /// The predecessor (`prev_change_id`) the next change named instead.
+        received: u64,
+    },
     /// Terminal: reconnection gave up.
     GaveUp {
         /// Attempts made.
@@ -653,3 +668,19 @@ const _: () = {
     const fn assert_send_sync<T: Send + Sync + Clone>() {}
     assert_send_sync::<Client>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_stays_within_56_bytes() {
+        // Every slot of the bounded event channel is allocated up front
+        // (ARCHITECTURE.md, "Events and back-pressure"): box large payloads.
+        assert!(
+            std::mem::size_of::<Event>() <= 56,
+            "Event is {} bytes",
+            std::mem::size_of::<Event>()
+        );
+    }
+}

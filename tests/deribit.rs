@@ -1,23 +1,32 @@
 //! The Deribit adapter against the embedded `DeribitServer` on loopback:
 //! authentication and tokens, platform heartbeats, subscriptions, re-auth and
 //! restore after a reconnect, token refresh, error mapping, cancel on
-//! disconnect, and secrets kept out of `Debug`.
+//! disconnect, order-book gap detection, `private/buy`, the example's flow,
+//! and secrets kept out of `Debug`.
 
 mod support;
 
-use std::time::Duration;
+// The example itself, so that its flow is tested as shipped.
+#[allow(dead_code)] // `main` is the example's entry point; these tests drive the rest.
+#[path = "../examples/deribit.rs"]
+mod example;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::*;
 use zen_websocket::adapters::deribit::{
-    DeribitClient, DeribitConfig, DeribitConfigBuilder, Notification,
+    Credentials, DeribitClient, DeribitConfig, DeribitConfigBuilder, Notification, TESTNET_URL,
 };
+use zen_websocket::crossbeam_channel::{self, Receiver};
 use zen_websocket::testing::DeribitServer;
 use zen_websocket::{Error, ErrorCategory, Event};
 
 const T: Duration = Duration::from_secs(10);
 const TICKER: &str = "ticker.BTC-PERPETUAL.100ms";
 const ORDERS: &str = "user.orders.BTC-PERPETUAL.raw";
+const BOOK: &str = "book.BTC-PERPETUAL.100ms";
 
 /// A config for `server` with fast reconnection and short timeouts.
 fn config(server: &DeribitServer) -> DeribitConfigBuilder {
@@ -509,5 +518,488 @@ fn opening_requests_never_wait_for_their_timeout() {
             took < Duration::from_secs(2),
             "round {round}: connect took {took:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Order books: gaps, resubscribes, fresh snapshots.
+
+/// Every event of a client, kept so a test can check afterwards that none of
+/// them was a `LateResponse` (or a second gap).
+struct Seen {
+    events: Receiver<Event>,
+    all: Vec<String>,
+}
+
+impl Seen {
+    fn new(client: &DeribitClient) -> Seen {
+        Seen {
+            events: client.events(),
+            all: Vec::new(),
+        }
+    }
+
+    /// The next event that `pred` accepts; every event is remembered.
+    fn next(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(e) => {
+                    self.all.push(format!("{e:?}"));
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Err(e) => panic!("no {what} within {T:?} ({e}); saw {:#?}", self.all),
+            }
+        }
+    }
+
+    /// The next notification on `channel`, as (type, prev_change_id, change_id).
+    fn book(&mut self, channel: &str) -> (String, Option<u64>, u64) {
+        let Event::Subscription { data, .. } = self.next(
+            channel,
+            |e| matches!(e, Event::Subscription { channel: c, .. } if c == channel),
+        ) else {
+            unreachable!()
+        };
+        (
+            data["type"].as_str().unwrap_or_default().to_owned(),
+            data["prev_change_id"].as_u64(),
+            data["change_id"].as_u64().expect("a change_id"),
+        )
+    }
+
+    fn gap(&mut self) -> (String, u64, u64) {
+        match self.next("sequence gap", |e| matches!(e, Event::SequenceGap { .. })) {
+            Event::SequenceGap {
+                channel,
+                expected,
+                received,
+            } => (channel, expected, received),
+            _ => unreachable!(),
+        }
+    }
+
+    /// After close: drain the rest and check the whole history.
+    fn assert_clean(mut self, gaps: usize) {
+        self.all
+            .extend(self.events.try_iter().map(|e| format!("{e:?}")));
+        let late: Vec<&String> = self
+            .all
+            .iter()
+            .filter(|e| e.starts_with("LateResponse"))
+            .collect();
+        assert!(late.is_empty(), "{late:#?}");
+        let seen_gaps = self
+            .all
+            .iter()
+            .filter(|e| e.starts_with("SequenceGap"))
+            .count();
+        assert_eq!(seen_gaps, gaps, "{:#?}", self.all);
+    }
+}
+
+/// The (un)subscribe requests the server saw after the first `skip` requests,
+/// as (method, channels).
+fn channel_requests(server: &DeribitServer, skip: usize) -> Vec<(String, Value)> {
+    server
+        .requests()
+        .into_iter()
+        .skip(skip)
+        .filter(|r| r.method.ends_with("subscribe"))
+        .map(|r| (r.method, r.params["channels"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_book_gap_is_reported_and_only_that_channel_is_resubscribed_for_a_fresh_snapshot() {
+    let _w = watchdog("book_gap", T * 2);
+    let server = DeribitServer::start().unwrap();
+    let client = DeribitClient::connect(demo(&server).build().unwrap()).unwrap();
+    let mut seen = Seen::new(&client);
+    assert_eq!(client.subscribe(&[BOOK, TICKER]).unwrap(), [BOOK, TICKER]);
+
+    // A snapshot, then changes chained by prev_change_id.
+    for _ in 0..3 {
+        assert_eq!(server.publish_book(BOOK), 1);
+    }
+    assert_eq!(seen.book(BOOK), ("snapshot".into(), None, 1000));
+    assert_eq!(seen.book(BOOK), ("change".into(), Some(1000), 1001));
+    assert_eq!(seen.book(BOOK), ("change".into(), Some(1001), 1002));
+
+    // Change 1003 is lost on the way: 1004 names it as its predecessor.
+    let before = server.requests().len();
+    assert_eq!(server.publish_book_gap(BOOK), 1);
+    assert_eq!(seen.gap(), (BOOK.to_owned(), 1002, 1003));
+
+    // The server answers the new subscription with a fresh snapshot; the
+    // gapped change itself was never delivered.
+    assert_eq!(seen.book(BOOK), ("snapshot".into(), None, 1004));
+    assert_eq!(
+        channel_requests(&server, before),
+        [
+            ("public/unsubscribe".to_owned(), json!([BOOK])),
+            ("public/subscribe".to_owned(), json!([BOOK])),
+        ]
+    );
+    // Their answers came before the snapshot: both consumed, nothing pending.
+    assert_eq!(client.client().stats().pending_requests, 0);
+
+    // Changes flow again, and the other channel was never touched.
+    server.publish_book(BOOK);
+    assert_eq!(seen.book(BOOK), ("change".into(), Some(1004), 1005));
+    assert_eq!(server.publish(TICKER, json!({"mark_price": 1.5})), 1);
+    seen.next(
+        "ticker",
+        |e| matches!(e, Event::Subscription { channel, .. } if channel == TICKER),
+    );
+    // Still tracked on both sides, in the user's order on ours.
+    assert_eq!(client.subscriptions(), [BOOK, TICKER]);
+    let mut on_server = server.connection(1).unwrap().subscriptions;
+    on_server.sort();
+    assert_eq!(on_server, [BOOK, TICKER]);
+    assert_eq!(server.total_connections(), 1);
+
+    client.close().unwrap();
+    seen.assert_clean(1);
+}
+
+#[test]
+fn changes_after_a_gap_are_dropped_until_the_fresh_snapshot() {
+    let _w = watchdog("book_gap_burst", T * 2);
+    let server = DeribitServer::start().unwrap();
+    let client = DeribitClient::connect(config(&server).build().unwrap()).unwrap();
+    let mut seen = Seen::new(&client);
+    client.subscribe(&[BOOK]).unwrap();
+    server.publish_book(BOOK);
+    assert_eq!(seen.book(BOOK), ("snapshot".into(), None, 1000));
+
+    // A gap, then changes that build on the lost one. Each reaches the client
+    // before its resubscribe is served (it drops them: they build on a book it
+    // does not have), or is dropped by the server with the old subscription,
+    // or is published after the new one began and follows its snapshot. In
+    // every case the user sees one gap, then a snapshot, then a chain.
+    let before = server.requests().len();
+    server.publish_book_gap(BOOK);
+    for _ in 0..20 {
+        server.publish_book(BOOK);
+    }
+    assert_eq!(seen.gap(), (BOOK.to_owned(), 1000, 1001));
+    let (kind, prev, mut last) = seen.book(BOOK);
+    assert_eq!((kind.as_str(), prev), ("snapshot", None));
+    assert!(last >= 1002, "{last}");
+
+    server.publish_book(BOOK);
+    let newest = server.book_change_id(BOOK).unwrap();
+    while last < newest {
+        let (kind, prev, id) = seen.book(BOOK);
+        assert_eq!((kind.as_str(), prev), ("change", Some(last)));
+        last = id;
+    }
+    assert_eq!(last, newest);
+    assert_eq!(
+        channel_requests(&server, before),
+        [
+            ("public/unsubscribe".to_owned(), json!([BOOK])),
+            ("public/subscribe".to_owned(), json!([BOOK])),
+        ]
+    );
+    client.close().unwrap();
+    seen.assert_clean(1);
+}
+
+#[test]
+fn book_state_starts_over_after_a_reconnect_and_after_an_unsubscribe() {
+    let _w = watchdog("book_reset", T * 2);
+    let server = DeribitServer::start().unwrap();
+    let client = DeribitClient::connect(demo(&server).build().unwrap()).unwrap();
+    let mut seen = Seen::new(&client);
+    client.subscribe(&[BOOK]).unwrap();
+    server.publish_book(BOOK);
+    server.publish_book(BOOK);
+    assert_eq!(seen.book(BOOK), ("snapshot".into(), None, 1000));
+    assert_eq!(seen.book(BOOK), ("change".into(), Some(1000), 1001));
+
+    // The book moves on while the client reconnects; the restored
+    // subscription starts from its own snapshot, which is no gap, whichever
+    // of these changes it already includes.
+    server.disconnect_all();
+    seen.next("disconnect", |e| matches!(e, Event::Disconnected { .. }));
+    server.publish_book(BOOK);
+    server.publish_book(BOOK);
+    let (kind, prev, mut last) = seen.book(BOOK);
+    assert_eq!((kind.as_str(), prev), ("snapshot", None));
+    assert!((1001..=1003).contains(&last), "{last}");
+    server.publish_book(BOOK);
+    while last < 1004 {
+        let (kind, prev, id) = seen.book(BOOK);
+        assert_eq!((kind.as_str(), prev), ("change", Some(last)));
+        last = id;
+    }
+    assert_eq!(server.connection(2).unwrap().subscriptions, [BOOK]);
+
+    // Unsubscribed, the book moves on again; a new subscription starts over too.
+    client.unsubscribe(&[BOOK]).unwrap();
+    assert_eq!(server.publish_book(BOOK), 0);
+    client.subscribe(&[BOOK]).unwrap();
+    assert_eq!(seen.book(BOOK), ("snapshot".into(), None, 1005));
+    server.publish_book(BOOK);
+    assert_eq!(seen.book(BOOK), ("change".into(), Some(1005), 1006));
+    client.close().unwrap();
+    seen.assert_clean(0);
+}
+
+// ---------------------------------------------------------------------------
+// private/buy
+
+#[test]
+fn private_buy_places_an_order_when_authenticated() {
+    let _w = watchdog("buy", T);
+    let server = DeribitServer::start().unwrap();
+    let client = DeribitClient::connect(demo(&server).build().unwrap()).unwrap();
+    let resting = client
+        .request(
+            "private/buy",
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "limit",
+                   "price": DeribitServer::MARK_PRICE - 1000.0, "label": "zen-1"}),
+        )
+        .unwrap();
+    let order = &resting["order"];
+    assert!(
+        order["order_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{resting}"
+    );
+    assert_eq!(order["instrument_name"], "BTC-PERPETUAL");
+    assert_eq!(order["amount"].as_f64(), Some(10.0));
+    assert_eq!(order["price"].as_f64(), Some(41_000.0));
+    assert_eq!(order["order_state"], "open");
+    assert_eq!(order["label"], "zen-1");
+    assert_eq!(resting["trades"], json!([]));
+
+    let filled = client
+        .request(
+            "private/buy",
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 20, "type": "market"}),
+        )
+        .unwrap();
+    assert_eq!(filled["order"]["order_state"], "filled");
+    assert_eq!(
+        filled["order"]["price"].as_f64(),
+        Some(DeribitServer::MARK_PRICE)
+    );
+    assert_eq!(filled["trades"][0]["order_id"], filled["order"]["order_id"]);
+    assert_ne!(filled["order"]["order_id"], order["order_id"]);
+
+    // Bad params are Deribit's -32602, typed as a plain RPC error.
+    match client.request(
+        "private/buy",
+        json!({"instrument_name": "BTC-PERPETUAL", "amount": 10}),
+    ) {
+        Err(Error::Rpc { code: -32602, .. }) => {}
+        other => panic!("expected -32602, got {other:?}"),
+    }
+    assert_eq!(server.order_count(), 2);
+    client.close().unwrap();
+}
+
+#[test]
+fn private_buy_without_auth_is_an_auth_error() {
+    let _w = watchdog("buy_unauthorized", T);
+    let server = DeribitServer::start().unwrap();
+    let client = DeribitClient::connect(config(&server).build().unwrap()).unwrap();
+    let order = json!({"instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "market"});
+    match client.request("private/buy", order) {
+        Err(e @ Error::Auth { .. }) => {
+            assert_eq!(e.category(), ErrorCategory::Auth);
+            assert!(e.to_string().contains("13009"), "{e}");
+        }
+        other => panic!("expected Error::Auth, got {other:?}"),
+    }
+    assert_eq!(server.order_count(), 0);
+    assert!(server
+        .connection(1)
+        .unwrap()
+        .methods
+        .contains(&"private/buy".to_owned()));
+    client.close().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The example (examples/deribit.rs)
+
+fn lines(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_runs_its_whole_flow_against_the_test_server() {
+    let _w = watchdog("example_local", T * 2);
+    let (_ring, stop) = crossbeam_channel::bounded::<()>(1);
+    let mut out = Vec::new();
+    let outcome = example::run(example::Target::Local, &stop, &mut out).unwrap();
+    assert_eq!(outcome, example::Outcome::Done);
+    let lines = lines(&out);
+    let notifications: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("notification "))
+        .collect();
+    assert_eq!(notifications.len(), example::SHOWN, "{lines:#?}");
+    for (i, line) in notifications.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("notification {}/5 on ", i + 1)),
+            "{line}"
+        );
+        assert!(
+            line.contains(example::TRADES) || line.contains(example::TICKER),
+            "{line}"
+        );
+    }
+    let get_time = lines
+        .iter()
+        .find(|l| l.starts_with("public/get_time: "))
+        .expect("a time line");
+    let ms: u64 = get_time["public/get_time: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number of ms");
+    assert!(ms > 1_600_000_000_000, "{get_time}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("connected to ws://127.0.0.1:") && l.contains("authenticated")));
+    assert!(lines.iter().any(|l| l.starts_with("unsubscribed from ")));
+    assert_eq!(lines.last().map(String::as_str), Some("closed"));
+    // Tokens never reach the output.
+    assert!(
+        !String::from_utf8_lossy(&out).contains("zen-access-"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn the_example_authenticates_sets_the_heartbeat_subscribes_and_unsubscribes() {
+    let _w = watchdog("example_requests", T * 2);
+    let server = DeribitServer::start().unwrap();
+    let (_ring, stop) = crossbeam_channel::bounded::<()>(1);
+    let mut out = Vec::new();
+    let config = example::local_config(&server).unwrap();
+    let outcome = example::with_publisher(&server, || example::session(config, T, &stop, &mut out))
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, example::Outcome::Done);
+    let conn = server.connection(1).unwrap();
+    let methods: Vec<&str> = conn
+        .methods
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "public/test")
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "public/auth",
+            "public/set_heartbeat",
+            "public/subscribe",
+            "public/get_time",
+            "public/unsubscribe"
+        ]
+    );
+    assert_eq!(
+        params_of(&server, "public/set_heartbeat"),
+        [json!({"interval": 10})]
+    );
+    let both = json!([example::TRADES, example::TICKER]);
+    assert_eq!(
+        params_of(&server, "public/subscribe"),
+        [json!({"channels": both})]
+    );
+    assert_eq!(
+        params_of(&server, "public/unsubscribe"),
+        [json!({"channels": both})]
+    );
+    assert!(conn.subscriptions.is_empty());
+    // Closed: the connection is gone on the server too.
+    server
+        .wait_until(T, "the example's connection to end", |s| {
+            s.connection_count() == 0
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_example_stops_cleanly_when_interrupted() {
+    let _w = watchdog("example_interrupt", T * 2);
+    let server = DeribitServer::start().unwrap();
+    let (ring, stop) = crossbeam_channel::bounded::<()>(1);
+    let config = example::local_config(&server).unwrap();
+    // No publisher: the example waits for notifications that never come,
+    // much longer than this test may take, until it is interrupted.
+    let session = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let outcome = example::session(config, T * 10, &stop, &mut out);
+        (outcome, out)
+    });
+    server.wait_for_subscribers(example::TRADES, 1, T).unwrap();
+    let rung = Instant::now();
+    ring.send(()).unwrap();
+    let (outcome, out) = session.join().unwrap();
+    assert_eq!(outcome.unwrap(), example::Outcome::Interrupted);
+    assert!(rung.elapsed() < T / 2, "{:?}", rung.elapsed());
+    assert_eq!(lines(&out).last().map(String::as_str), Some("closed"));
+    server
+        .wait_until(T, "the example's connection to end", |s| {
+            s.connection_count() == 0
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_example_reads_its_target_from_the_environment() {
+    let vars = |pairs: &[(&str, &str)]| {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name: &str| map.get(name).cloned()
+    };
+    use example::Target;
+    assert_eq!(Target::from_vars(false, vars(&[])).unwrap(), Target::Local);
+    assert_eq!(
+        Target::from_vars(true, vars(&[])).unwrap(),
+        Target::Remote {
+            url: TESTNET_URL.into(),
+            credentials: None
+        }
+    );
+    assert_eq!(
+        Target::from_vars(false, vars(&[("DERIBIT_URL", "wss://example.test/ws")])).unwrap(),
+        Target::Remote {
+            url: "wss://example.test/ws".into(),
+            credentials: None
+        }
+    );
+    let key = [
+        ("DERIBIT_CLIENT_ID", "id-1"),
+        ("DERIBIT_CLIENT_SECRET", "s3cr3t"),
+    ];
+    let target = Target::from_vars(false, vars(&key)).unwrap();
+    assert_eq!(
+        target,
+        Target::Remote {
+            url: TESTNET_URL.into(),
+            credentials: Some(Credentials::new("id-1", "s3cr3t"))
+        }
+    );
+    assert!(!format!("{target:?}").contains("s3cr3t"));
+    for half in [&key[..1], &key[1..]] {
+        match Target::from_vars(false, vars(half)) {
+            Err(Error::Config(e)) => assert!(e.field.starts_with("DERIBIT_CLIENT_"), "{e}"),
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 }

@@ -819,6 +819,21 @@ impl Conn {
                 late.map(|r| Event::LateResponse(Box::new(r)))
             }
             Inbound::Subscription { channel, data } => Some(Event::Subscription { channel, data }),
+            // The resubscribe goes out first: the sooner the server has it, the
+            // fewer changes are dropped while the fresh snapshot is awaited.
+            Inbound::SequenceGap {
+                channel,
+                expected,
+                received,
+            } => {
+                self.resubscribe(&channel);
+                Some(Event::SequenceGap {
+                    channel,
+                    expected,
+                    received,
+                })
+            }
+            Inbound::Discard => None,
             Inbound::Heartbeat { reply } => {
                 if let Some(reply) = reply {
                     // Platform heartbeats must be answered even when the limiter is
@@ -831,6 +846,42 @@ impl Conn {
             }
             _ => Some(Event::Message(m)),
         }
+    }
+
+    /// After a sequence gap: unsubscribe `channel`, then subscribe it again, for
+    /// a fresh snapshot. Both are written now, from this thread, without waiting
+    /// for their answers (this thread is the one that reads them). They are
+    /// registered detached, so their answers are consumed instead of surfacing
+    /// as `LateResponse`; the SubscriptionTracker is not involved, since the
+    /// channel stays wanted throughout (it stays tracked, and a reconnect
+    /// meanwhile restores it with the rest). Like platform heartbeat answers,
+    /// they bypass the rate limiter: this thread must never sleep on it, and
+    /// the protocol reports at most one gap per channel until its snapshot
+    /// arrives, which bounds them. A failed write has cut the socket; the
+    /// reconnect then restores the channel, and `fail_all` frees the slots.
+    /// (A user's unsubscribe of the same channel written at the same moment
+    /// can reach the server before these two, which then leaves it
+    /// subscribed while the tracker drops it; unsubscribing again ends it.)
+    fn resubscribe(&self, channel: &str) {
+        let shared = &self.shared;
+        let channels = [channel.to_owned()];
+        for subscribe in [false, true] {
+            let id = shared.ids.next();
+            let req = if subscribe {
+                shared.protocol.subscribe_request(&channels, &id)
+            } else {
+                shared.protocol.unsubscribe_request(&channels, &id)
+            };
+            let sent = shared
+                .correlator
+                .register_detached(id, &req.method)
+                .and_then(|()| shared.write(Message::Text(shared.protocol.encode_request(&req))));
+            if let Err(e) = sent {
+                self.debug(format_args!("resubscribing {channel} failed: {e}"));
+                return;
+            }
+        }
+        self.debug(format_args!("resubscribing {channel} after a sequence gap"));
     }
 
     /// Lifecycle events are never dropped.

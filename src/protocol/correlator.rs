@@ -46,7 +46,8 @@ pub const RECENT_TIMEOUTS: usize = 256;
 /// What [`RequestCorrelator::complete`] did with a response.
 #[derive(Debug)]
 pub enum Completion {
-    /// The waiting caller has it.
+    /// The waiting caller has it (or, for a request nobody waits for, such
+    /// as the connection thread's own resubscribe, it was consumed).
     Delivered,
     /// No one is waiting for it: its caller timed out or gave up, or its id was
     /// never registered. The caller of `complete` should surface it as an event
@@ -75,7 +76,8 @@ enum Reply {
 }
 
 struct Pending {
-    tx: Sender<Reply>,
+    /// `None` for a detached registration: nobody waits, the answer is consumed.
+    tx: Option<Sender<Reply>>,
     method: String,
     started: Instant,
 }
@@ -142,8 +144,9 @@ impl Inner {
                 // A caller still waiting (cancelled by the connection thread's
                 // deadline rather than by its own `wait`) learns it timed out,
                 // instead of seeing a dropped channel as a disconnect.
-                let _ =
-                    p.tx.try_send(Reply::Failed(Error::Timeout(TimeoutKind::Request)));
+                if let Some(tx) = &p.tx {
+                    let _ = tx.try_send(Reply::Failed(Error::Timeout(TimeoutKind::Request)));
+                }
                 true
             }
             None => false,
@@ -203,7 +206,7 @@ impl RequestCorrelator {
         st.pending.insert(
             id.clone(),
             Pending {
-                tx,
+                tx: Some(tx),
                 method: method.to_owned(),
                 started: Instant::now(),
             },
@@ -214,6 +217,32 @@ impl RequestCorrelator {
             rx,
             correlator: Arc::downgrade(&self.inner),
         })
+    }
+
+    /// Register `id` for a request whose answer nobody waits for (the
+    /// connection thread's resubscribe after a sequence gap, which it writes
+    /// without waiting): when the answer comes, [`complete`](Self::complete)
+    /// consumes it and returns [`Completion::Delivered`] rather than `Late`,
+    /// logging an error answer at `warn`. There is no timeout, since nothing
+    /// waits: the slot is freed by the answer, or by
+    /// [`fail_all`](Self::fail_all) on a disconnect. It counts in
+    /// [`pending`](Self::pending). A pending id is refused, as by
+    /// [`register`](Self::register).
+    pub(crate) fn register_detached(&self, id: RequestId, method: &str) -> Result<()> {
+        let mut st = self.inner.state.lock();
+        if st.pending.contains_key(&id) {
+            return Err(Error::DuplicateRequestId(id.to_string()));
+        }
+        st.forget_gone(&id);
+        st.pending.insert(
+            id,
+            Pending {
+                tx: None,
+                method: method.to_owned(),
+                started: Instant::now(),
+            },
+        );
+        Ok(())
     }
 
     /// Hand a response to its waiting caller.
@@ -230,13 +259,36 @@ impl RequestCorrelator {
             return Completion::Late(resp);
         };
         let rtt = pending.started.elapsed();
+        let Some(tx) = pending.tx else {
+            // Detached: nobody waits, and the answer must not come back as
+            // `Late` (it would surface as a `LateResponse` event).
+            st.record(rtt);
+            drop(st);
+            match &resp.outcome {
+                Ok(_) => log::debug!(
+                    target: "zen_websocket",
+                    "{} (id {}, sent without waiting) succeeded",
+                    pending.method,
+                    resp.id
+                ),
+                Err(e) => log::warn!(
+                    target: "zen_websocket",
+                    "{} (id {}, sent without waiting) failed: {} ({})",
+                    pending.method,
+                    resp.id,
+                    e.message,
+                    e.code
+                ),
+            }
+            return Completion::Delivered;
+        };
         let id = resp.id;
         // Sent under the lock on purpose: `PendingRequest::wait`, after a
         // timeout, cancels under this lock and then looks at the channel once
         // more, so a response is either in the channel or still in the map,
         // never in between. `try_send` on an empty bounded(1) channel cannot
         // block.
-        match pending.tx.try_send(Reply::Outcome(resp.outcome)) {
+        match tx.try_send(Reply::Outcome(resp.outcome)) {
             Ok(()) => {
                 st.record(rtt);
                 Completion::Delivered
@@ -266,8 +318,11 @@ impl RequestCorrelator {
         // Outside the lock: `make` is user code.
         let n = drained.len();
         for p in drained {
-            // A caller that already gave up is fine to miss.
-            let _ = p.tx.try_send(Reply::Failed(make()));
+            // A caller that already gave up is fine to miss; a detached
+            // registration has nobody to tell.
+            if let Some(tx) = &p.tx {
+                let _ = tx.try_send(Reply::Failed(make()));
+            }
         }
         n
     }
@@ -466,6 +521,47 @@ mod tests {
         }
         // The id may be used again once it is no longer pending.
         assert!(c.register(id(1), "m").is_ok());
+    }
+
+    #[test]
+    fn a_detached_answer_is_consumed_not_late() {
+        let c = RequestCorrelator::new();
+        c.register_detached(id(1), "public/unsubscribe").unwrap();
+        c.register_detached(id(2), "public/subscribe").unwrap();
+        assert!(matches!(
+            c.register_detached(id(1), "m"),
+            Err(Error::DuplicateRequestId(_))
+        ));
+        assert!(matches!(
+            c.register(id(2), "m"),
+            Err(Error::DuplicateRequestId(_))
+        ));
+        assert_eq!(c.pending(), 2);
+        assert!(matches!(
+            c.complete(Response::ok(id(1), json!(["book.x"]))),
+            Completion::Delivered
+        ));
+        // An error answer is consumed too (and logged).
+        assert!(matches!(
+            c.complete(Response::err(id(2), RpcError::new(11050, "bad_request"))),
+            Completion::Delivered
+        ));
+        assert_eq!(c.pending(), 0);
+        // A second answer with the same id is unknown again.
+        assert!(matches!(
+            c.complete(Response::ok(id(1), json!(1))),
+            Completion::Late(_)
+        ));
+    }
+
+    #[test]
+    fn a_disconnect_frees_detached_registrations() {
+        let c = RequestCorrelator::new();
+        c.register_detached(id(1), "m").unwrap();
+        let p = c.register(id(2), "m").unwrap();
+        assert_eq!(c.fail_all(|| Error::Disconnected), 2);
+        assert_eq!(c.pending(), 0);
+        assert!(matches!(p.wait(Duration::ZERO), Err(Error::Disconnected)));
     }
 
     #[test]

@@ -38,6 +38,24 @@ pub enum Inbound {
     },
     /// Anything else: delivered to the user as a plain message.
     Other,
+    /// A sequenced channel skipped at least one update (Deribit's `book.*`:
+    /// a change whose `prev_change_id` is not the last `change_id`). The
+    /// message itself is not delivered; the connection thread reports
+    /// [`Event::SequenceGap`](crate::Event::SequenceGap) and resubscribes
+    /// `channel` alone (unsubscribe, then subscribe) for a fresh snapshot. A
+    /// protocol reports a gap once per resubscribe: until the snapshot comes,
+    /// it answers [`Discard`](Inbound::Discard) for that channel's changes.
+    SequenceGap {
+        /// The channel.
+        channel: String,
+        /// The sequence number the message should have followed (the last one seen).
+        expected: u64,
+        /// The sequence number it followed instead.
+        received: u64,
+    },
+    /// Consumed by the protocol: nothing is delivered (e.g. a book change that
+    /// builds on a missed one, while the fresh snapshot is on its way).
+    Discard,
 }
 
 /// What [`Protocol::on_connect`] may do on the fresh connection. The

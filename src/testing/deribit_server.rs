@@ -1,7 +1,8 @@
 //! [`DeribitServer`]: a local WebSocket server that speaks enough of Deribit's
 //! API v2 for tests and examples: authentication with tokens and refresh,
 //! platform heartbeats (`test_request`), public and private subscriptions with
-//! notifications on demand, cancel-on-disconnect, injected errors, and abrupt
+//! notifications on demand, order books with change ids (and injected gaps),
+//! a simple `private/buy`, cancel-on-disconnect, injected errors, and abrupt
 //! disconnects.
 //!
 //! How it is built: one acceptor thread (`zen-ws-deribit-accept`) and, per
@@ -46,6 +47,8 @@ const READ_BURST: usize = 64;
 const MAX_RECORDED_REQUESTS: usize = 10_000;
 /// Deribit's smallest `public/set_heartbeat` interval, in seconds.
 const MIN_HEARTBEAT_SECS: f64 = 10.0;
+/// The `change_id` of an order book's first snapshot.
+const FIRST_CHANGE_ID: u64 = 1_000;
 /// Keys whose values are replaced in [`RecordedRequest::params`].
 const SECRET_KEYS: [&str; 4] = [
     "client_secret",
@@ -148,6 +151,24 @@ struct Settings {
 enum Command {
     /// Send this text (a published notification).
     Send(String),
+    /// Send this order-book notification, made for the connection's
+    /// subscription `epoch` of `channel`; dropped if that subscription has
+    /// ended meanwhile (Deribit sends nothing of a subscription after its
+    /// unsubscribe, and a fresh subscription starts with its own snapshot).
+    Book {
+        channel: String,
+        epoch: u64,
+        text: String,
+    },
+}
+
+/// One connection's subscription to one order book.
+struct BookSub {
+    /// Unique per subscription, so that notifications made for an earlier
+    /// one can be recognised and dropped.
+    epoch: u64,
+    /// Its snapshot was sent: the next notification is a change.
+    synced: bool,
 }
 
 /// One accepted connection, as the handle sees it.
@@ -176,6 +197,14 @@ struct State {
     requests: VecDeque<RecordedRequest>,
     failures: HashMap<String, Failure>,
     refresh_tokens: HashSet<String>,
+    /// The last `change_id` of every order book published, by channel.
+    books: HashMap<String, u64>,
+    /// Subscriptions to `book.*` channels, by (connection, channel).
+    book_subs: HashMap<(u64, String), BookSub>,
+    /// The last [`BookSub::epoch`] handed out.
+    book_epochs: u64,
+    /// Orders placed with `private/buy`.
+    orders: u64,
     tokens_issued: u64,
     auths: u64,
     refreshes: u64,
@@ -364,13 +393,16 @@ struct Running {
 /// `user.*`, need `private/subscribe`, and every `private/*` method needs a
 /// successful auth on the same connection, else 13009 `unauthorized`),
 /// `public/unsubscribe`, `private/unsubscribe`, `*/unsubscribe_all`,
-/// `private/enable_cancel_on_disconnect`, `private/disable_cancel_on_disconnect`
-/// and `private/get_cancel_on_disconnect`. Anything else is -32601 (method not
+/// `private/enable_cancel_on_disconnect`, `private/disable_cancel_on_disconnect`,
+/// `private/get_cancel_on_disconnect` and `private/buy` (see
+/// [`MARK_PRICE`](Self::MARK_PRICE)). Anything else is -32601 (method not
 /// found); malformed input gets a JSON-RPC error, never a panic. Batches are
 /// answered as batches. Unanswered `test_request`s are counted, not enforced.
 ///
 /// Faults and data on demand: [`fail_method`](Self::fail_method),
-/// [`publish`](Self::publish), [`disconnect_all`](Self::disconnect_all).
+/// [`publish`](Self::publish), order books with [`publish_book`](Self::publish_book)
+/// and [`publish_book_gap`](Self::publish_book_gap),
+/// [`disconnect_all`](Self::disconnect_all).
 /// Records: counters, [`connections`](Self::connections) (per connection:
 /// methods in order, subscriptions, heartbeat) and [`requests`](Self::requests).
 /// [`stop`](Self::stop) (and drop) closes every connection and joins every thread.
@@ -421,6 +453,37 @@ impl DeribitServer {
     pub const DEMO_CLIENT_ID: &'static str = "zen-demo-client";
     /// The client secret [`DeribitServer::start`] accepts.
     pub const DEMO_CLIENT_SECRET: &'static str = "zen-demo-secret";
+    /// The price at which `private/buy` fills, for every instrument.
+    ///
+    /// `private/buy` (it needs `public/auth` on the connection, else 13009)
+    /// takes `instrument_name`, a positive `amount`, `type` (`"limit"`, the
+    /// default, or `"market"`), `price` (a limit order's, required) and an
+    /// optional `label`, and answers Deribit's shape, `{"order": {…},
+    /// "trades": […]}`, with `order_id`, `instrument_name`, `direction`,
+    /// `amount`, `price`, `order_type`, `order_state`, `filled_amount`,
+    /// `average_price`, `label` and timestamps. A market order, or a limit
+    /// order priced at or above this, is `"filled"` at this price with one
+    /// trade; a lower limit order rests `"open"` with none.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use zen_websocket::adapters::deribit::{DeribitClient, DeribitConfig};
+    /// use zen_websocket::testing::DeribitServer;
+    ///
+    /// let server = DeribitServer::start()?;
+    /// let config = DeribitConfig::builder()
+    ///     .url(server.url())
+    ///     .credentials(DeribitServer::DEMO_CLIENT_ID, DeribitServer::DEMO_CLIENT_SECRET)
+    ///     .build()?;
+    /// let client = DeribitClient::connect(config)?;
+    /// let bought = client.request("private/buy", json!({
+    ///     "instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "limit", "price": 41_000.0}))?;
+    /// assert_eq!(bought["order"]["order_state"], "open");
+    /// assert!(bought["order"]["order_id"].is_string());
+    /// assert_eq!(server.order_count(), 1);
+    /// # Ok::<(), zen_websocket::Error>(())
+    /// ```
+    pub const MARK_PRICE: f64 = 42_000.0;
 
     /// Start a plain `ws://` server accepting the demo key, with every default.
     pub fn start() -> Result<DeribitServer> {
@@ -490,6 +553,72 @@ impl DeribitServer {
             .filter(|l| l.upgraded)
             .filter(|l| l.commands.send(Command::Send(text.clone())).is_ok())
             .count()
+    }
+
+    /// Publish the next state of the order book on `channel` (a `book.*`
+    /// channel, e.g. `book.BTC-PERPETUAL.100ms`) to every open connection
+    /// subscribed to it; returns to how many.
+    ///
+    /// The book's `change_id` goes up by one with every call (the first is
+    /// 1000). A connection's first notification of a subscription is a
+    /// snapshot (`"type": "snapshot"`, the full book, no `prev_change_id`);
+    /// after it, each is a change (`"type": "change"`) whose `prev_change_id`
+    /// is the previous `change_id`, as Deribit's `book.{instrument}.{interval}`
+    /// does. A connection that subscribes to a book already published gets its
+    /// snapshot at once, right after the subscribe answer; one that
+    /// unsubscribes gets nothing of that subscription any more.
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use zen_websocket::testing::DeribitServer;
+    ///
+    /// let server = DeribitServer::start()?;
+    /// let (mut ws, _) = tungstenite::connect(server.url())?;
+    /// let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "public/subscribe",
+    ///                  "params": {"channels": ["book.BTC-PERPETUAL.100ms"]}});
+    /// ws.send(tungstenite::Message::text(sub.to_string()))?;
+    /// let mut read = || -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    ///     Ok(serde_json::from_str(ws.read()?.to_text()?)?)
+    /// };
+    /// assert_eq!(read()?["id"], 1);
+    /// server.publish_book("book.BTC-PERPETUAL.100ms");
+    /// server.publish_book("book.BTC-PERPETUAL.100ms");
+    /// server.publish_book_gap("book.BTC-PERPETUAL.100ms");
+    /// let ids = |v: serde_json::Value| {
+    ///     let d = &v["params"]["data"];
+    ///     (d["type"].clone(), d["prev_change_id"].as_u64(), d["change_id"].as_u64())
+    /// };
+    /// assert_eq!(ids(read()?), (json!("snapshot"), None, Some(1000)));
+    /// assert_eq!(ids(read()?), (json!("change"), Some(1000), Some(1001)));
+    /// // Change 1002 is skipped: the next change names it as its predecessor.
+    /// assert_eq!(ids(read()?), (json!("change"), Some(1002), Some(1003)));
+    /// assert_eq!(server.book_change_id("book.BTC-PERPETUAL.100ms"), Some(1003));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_book(&self, channel: &str) -> usize {
+        self.shared.update(|s| s.advance_book(channel, 1))
+    }
+
+    /// Like [`publish_book`](Self::publish_book), but one change id is
+    /// skipped: the book moves on by two, and subscribers past their snapshot
+    /// get a change whose `prev_change_id` is the skipped id, which they never
+    /// saw, as if a notification had been lost on the way. Subscribers still
+    /// waiting for their snapshot get the snapshot. Returns to how many
+    /// connections it was sent. On a book never published, this is its
+    /// first snapshot.
+    pub fn publish_book_gap(&self, channel: &str) -> usize {
+        self.shared.update(|s| s.advance_book(channel, 2))
+    }
+
+    /// The last `change_id` of the order book on `channel`; `None` before its
+    /// first [`publish_book`](Self::publish_book).
+    pub fn book_change_id(&self, channel: &str) -> Option<u64> {
+        self.shared.state.lock().books.get(channel).copied()
+    }
+
+    /// Orders placed with `private/buy` on every connection.
+    pub fn order_count(&self) -> u64 {
+        self.shared.state.lock().orders
     }
 
     /// Drop every open connection abruptly (TCP shutdown, no close frame), as
@@ -813,6 +942,7 @@ fn run_connection(stream: TcpStream, ctx: ConnContext) {
     let _ = stream.shutdown(Shutdown::Both);
     ctx.shared.update(|s| {
         s.live.remove(&ctx.id);
+        s.book_subs.retain(|(conn, _), _| *conn != ctx.id);
         if let Some(c) = s.conns.get_mut(&ctx.id) {
             c.open = false;
         }
@@ -934,6 +1064,22 @@ fn serve<S: Transport>(mut ws: WebSocket<S>, ready: &Receiver<Vec<u8>>, ctx: &Co
                         return;
                     }
                 }
+                Ok(Command::Book {
+                    channel,
+                    epoch,
+                    text,
+                }) => {
+                    let current = ctx
+                        .shared
+                        .state
+                        .lock()
+                        .book_subs
+                        .get(&(ctx.id, channel))
+                        .is_some_and(|b| b.epoch == epoch);
+                    if current && !alive(ws.write(WireMessage::text(text))) {
+                        return;
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => return,
             }
@@ -977,6 +1123,12 @@ fn serve<S: Transport>(mut ws: WebSocket<S>, ready: &Receiver<Vec<u8>>, ctx: &Co
                         }
                         if nudge {
                             nudges.answered(Instant::now());
+                        }
+                    }
+                    // Snapshots of books just subscribed, after the answer.
+                    for text in handled.notifications {
+                        if !alive(ws.write(WireMessage::text(text))) {
+                            return;
                         }
                     }
                 }
@@ -1041,6 +1193,9 @@ struct Handled {
     /// `Some(Some(period))`: send heartbeats at `period` from now on;
     /// `Some(None)`: stop them.
     heartbeat: Option<Option<Duration>>,
+    /// Notifications to send after the answer (snapshots of order books
+    /// just subscribed).
+    notifications: Vec<String>,
 }
 
 /// An error answer: code, message, data.
@@ -1135,6 +1290,40 @@ fn channels_param(params: &Value) -> std::result::Result<Vec<String>, Fault> {
             "must be a non-empty list of channel names",
         )),
     }
+}
+
+/// A notification of the order book on `channel` at `change_id`: a change
+/// following `prev`, or (without `prev`) a snapshot. The levels are made up
+/// around [`DeribitServer::MARK_PRICE`], in Deribit's `[action, price, amount]` form.
+fn book_notification(channel: &str, prev: Option<u64>, change_id: u64) -> String {
+    let instrument = channel.split('.').nth(1).unwrap_or_default();
+    let mark = DeribitServer::MARK_PRICE;
+    // Amounts vary with the change id, so consecutive notifications differ.
+    let amount = 10.0 * ((change_id % 10) + 1) as f64;
+    let mut data = json!({
+        "timestamp": now_micros() / 1000,
+        "instrument_name": instrument,
+        "change_id": change_id,
+    });
+    match prev {
+        Some(prev) => {
+            data["type"] = json!("change");
+            data["prev_change_id"] = json!(prev);
+            data["bids"] = json!([["change", mark - 0.5, amount]]);
+            data["asks"] = json!([]);
+        }
+        None => {
+            data["type"] = json!("snapshot");
+            data["bids"] = json!([["new", mark - 0.5, amount], ["new", mark - 1.0, 20.0]]);
+            data["asks"] = json!([["new", mark + 0.5, amount], ["new", mark + 1.0, 20.0]]);
+        }
+    }
+    json!({
+        "jsonrpc": "2.0",
+        "method": "subscription",
+        "params": {"channel": channel, "data": data},
+    })
+    .to_string()
 }
 
 fn whole_or_fractional_secs(d: Duration) -> Value {
@@ -1286,9 +1475,16 @@ impl State {
                     return Err(unauthorized("private channels need private/subscribe"));
                 }
                 let info = self.conn(conn);
+                let mut added = Vec::new();
                 for c in &channels {
                     if !info.subscriptions.contains(c) {
                         info.subscriptions.push(c.clone());
+                        added.push(c.clone());
+                    }
+                }
+                for c in added.into_iter().filter(|c| c.starts_with("book.")) {
+                    if let Some(text) = self.subscribe_book(conn, c) {
+                        handled.notifications.push(text);
                     }
                 }
                 let mut confirmed = channels;
@@ -1303,12 +1499,17 @@ impl State {
                     .filter(|c| info.subscriptions.contains(c))
                     .collect();
                 info.subscriptions.retain(|c| !removed.contains(c));
+                for c in &removed {
+                    self.book_subs.remove(&(conn, c.clone()));
+                }
                 Ok(json!(removed))
             }
             "public/unsubscribe_all" | "private/unsubscribe_all" => {
                 self.conn(conn).subscriptions.clear();
+                self.book_subs.retain(|(c, _), _| *c != conn);
                 Ok(json!("ok"))
             }
+            "private/buy" => self.buy(params),
             "private/enable_cancel_on_disconnect" => {
                 self.conn(conn).cancel_on_disconnect = true;
                 Ok(json!("ok"))
@@ -1323,6 +1524,130 @@ impl State {
             }
             _ => Err(fault(code::METHOD_NOT_FOUND, "Method not found")),
         }
+    }
+
+    /// A new subscription of `conn` to the book `channel`; its snapshot, if
+    /// the book was published already.
+    fn subscribe_book(&mut self, conn: u64, channel: String) -> Option<String> {
+        self.book_epochs += 1;
+        let snapshot = self
+            .books
+            .get(&channel)
+            .map(|id| book_notification(&channel, None, *id));
+        let sub = BookSub {
+            epoch: self.book_epochs,
+            synced: snapshot.is_some(),
+        };
+        self.book_subs.insert((conn, channel), sub);
+        snapshot
+    }
+
+    /// Move the book on `channel` on by `step` change ids and queue its
+    /// notification to every open subscriber; returns to how many.
+    fn advance_book(&mut self, channel: &str, step: u64) -> usize {
+        let (prev, change_id) = match self.books.get(channel) {
+            // The change follows the id just before it: with a step of 2 that
+            // is the skipped one, which no subscriber saw.
+            Some(last) => (Some(last + step - 1), last + step),
+            None => (None, FIRST_CHANGE_ID),
+        };
+        self.books.insert(channel.to_owned(), change_id);
+        let State {
+            book_subs,
+            conns,
+            live,
+            ..
+        } = self;
+        let mut sent = 0;
+        for ((conn, _), sub) in book_subs.iter_mut().filter(|((_, c), _)| c == channel) {
+            if !conns.get(conn).is_some_and(|c| c.open) {
+                continue;
+            }
+            let Some(live) = live.get(conn).filter(|l| l.upgraded) else {
+                continue;
+            };
+            let prev = prev.filter(|_| sub.synced);
+            let command = Command::Book {
+                channel: channel.to_owned(),
+                epoch: sub.epoch,
+                text: book_notification(channel, prev, change_id),
+            };
+            // Unbounded: never blocks, so holding the state lock is fine.
+            if live.commands.send(command).is_ok() {
+                sub.synced = true;
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// `private/buy`: see [`DeribitServer::MARK_PRICE`].
+    fn buy(&mut self, params: &Value) -> std::result::Result<Value, Fault> {
+        let instrument = params
+            .get("instrument_name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid_params("instrument_name", "is required"))?;
+        let positive = |key: &str| {
+            params
+                .get(key)
+                .and_then(Value::as_f64)
+                .filter(|x| x.is_finite() && *x > 0.0)
+        };
+        let amount =
+            positive("amount").ok_or_else(|| invalid_params("amount", "must be positive"))?;
+        let order_type = params
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("limit");
+        let price = match order_type {
+            "market" => DeribitServer::MARK_PRICE,
+            "limit" => positive("price")
+                .ok_or_else(|| invalid_params("price", "a limit order needs a positive price"))?,
+            _ => {
+                return Err(invalid_params(
+                    "type",
+                    "DeribitServer supports limit and market orders",
+                ))
+            }
+        };
+        let filled = price >= DeribitServer::MARK_PRICE;
+        self.orders += 1;
+        let n = self.orders;
+        let order_id = format!("zen-order-{n:06}");
+        let now_ms = now_micros() / 1000;
+        let trades = if filled {
+            json!([{
+                "trade_id": format!("zen-trade-{n:06}"),
+                "order_id": order_id,
+                "instrument_name": instrument,
+                "direction": "buy",
+                "amount": amount,
+                "price": DeribitServer::MARK_PRICE,
+                "timestamp": now_ms,
+            }])
+        } else {
+            json!([])
+        };
+        let order = json!({
+            "order_id": order_id,
+            "instrument_name": instrument,
+            "direction": "buy",
+            "amount": amount,
+            "price": price,
+            "order_type": order_type,
+            "order_state": if filled { "filled" } else { "open" },
+            "filled_amount": if filled { amount } else { 0.0 },
+            "average_price": if filled { DeribitServer::MARK_PRICE } else { 0.0 },
+            "label": params.get("label").and_then(Value::as_str).unwrap_or(""),
+            "time_in_force": "good_til_cancelled",
+            "post_only": false,
+            "reduce_only": false,
+            "api": true,
+            "creation_timestamp": now_ms,
+            "last_update_timestamp": now_ms,
+        });
+        Ok(json!({"order": order, "trades": trades}))
     }
 
     fn auth(
@@ -1587,6 +1912,123 @@ mod tests {
         .unwrap();
         assert_eq!(batch.as_array().map(Vec::len), Some(2));
         assert_eq!(s.test_answers, 2);
+    }
+
+    #[test]
+    fn buy_needs_auth_and_fills_at_or_above_the_mark_price() {
+        let mut s = State::default();
+        let limit = |price: f64| {
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "limit",
+                   "price": price, "label": "l-1"})
+        };
+        let r = call(&mut s, 1, 1, "private/buy", limit(41_000.0));
+        assert_eq!(r["error"]["code"], 13009);
+        assert_eq!(s.orders, 0);
+        auth(&mut s, 1);
+
+        let r = call(&mut s, 1, 2, "private/buy", limit(41_000.0));
+        let order = &r["result"]["order"];
+        assert_eq!(order["order_id"], "zen-order-000001");
+        assert_eq!(order["instrument_name"], "BTC-PERPETUAL");
+        assert_eq!(
+            (order["amount"].as_f64(), order["price"].as_f64()),
+            (Some(10.0), Some(41_000.0))
+        );
+        assert_eq!(
+            (order["order_state"].as_str(), order["label"].as_str()),
+            (Some("open"), Some("l-1"))
+        );
+        assert_eq!(r["result"]["trades"], json!([]));
+
+        let r = call(&mut s, 1, 3, "private/buy", limit(43_000.0));
+        assert_eq!(r["result"]["order"]["order_state"], "filled");
+        assert_eq!(
+            r["result"]["order"]["average_price"],
+            DeribitServer::MARK_PRICE
+        );
+        let market = json!({"instrument_name": "ETH-PERPETUAL", "amount": 1, "type": "market"});
+        let r = call(&mut s, 1, 4, "private/buy", market);
+        assert_eq!(r["result"]["order"]["order_state"], "filled");
+        assert_eq!(r["result"]["order"]["price"], DeribitServer::MARK_PRICE);
+        assert_eq!(r["result"]["trades"][0]["order_id"], "zen-order-000003");
+
+        for bad in [
+            json!({"amount": 10, "price": 1.0}),
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 0, "price": 1.0}),
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 10}),
+            json!({"instrument_name": "BTC-PERPETUAL", "amount": 10, "type": "stop_limit", "price": 1.0}),
+        ] {
+            let r = call(&mut s, 1, 5, "private/buy", bad.clone());
+            assert_eq!(r["error"]["code"], -32602, "{bad}");
+        }
+        assert_eq!(s.orders, 3);
+    }
+
+    #[test]
+    fn a_book_subscription_gets_the_snapshot_after_its_answer_and_ends_on_unsubscribe() {
+        let mut s = State::default();
+        let book = "book.BTC-PERPETUAL.100ms";
+        let subscribe =
+            json!({"id": 1, "method": "public/subscribe", "params": {"channels": [book]}})
+                .to_string();
+        // Not published yet: nothing to send with the answer.
+        let h = s.handle_text(&settings(), 1, &subscribe);
+        assert!(h.reply.is_some() && h.notifications.is_empty());
+        assert!(!s.book_subs[&(1, book.to_owned())].synced);
+
+        // No live connections in a unit test: the book moves, nobody is sent to.
+        assert_eq!(s.advance_book(book, 1), 0);
+        assert_eq!(s.books[book], FIRST_CHANGE_ID);
+        assert_eq!(s.advance_book(book, 2), 0);
+        assert_eq!(s.books[book], FIRST_CHANGE_ID + 2);
+
+        let h = s.handle_text(&settings(), 2, &subscribe);
+        assert_eq!(h.notifications.len(), 1);
+        let note: Value = serde_json::from_str(&h.notifications[0]).unwrap();
+        assert_eq!(note["params"]["channel"], book);
+        let data = &note["params"]["data"];
+        assert_eq!(data["type"], "snapshot");
+        assert_eq!(data["change_id"], FIRST_CHANGE_ID + 2);
+        assert_eq!(data["instrument_name"], "BTC-PERPETUAL");
+        assert!(data.get("prev_change_id").is_none());
+        let epoch = s.book_subs[&(2, book.to_owned())].epoch;
+        assert!(s.book_subs[&(2, book.to_owned())].synced);
+
+        // Subscribing again while subscribed changes nothing.
+        let h = s.handle_text(&settings(), 2, &subscribe);
+        assert!(h.notifications.is_empty());
+        assert_eq!(s.book_subs[&(2, book.to_owned())].epoch, epoch);
+
+        call(
+            &mut s,
+            2,
+            3,
+            "public/unsubscribe",
+            json!({"channels": [book]}),
+        );
+        assert!(!s.book_subs.contains_key(&(2, book.to_owned())));
+        call(&mut s, 1, 4, "public/unsubscribe_all", json!({}));
+        assert!(s.book_subs.is_empty());
+    }
+
+    #[test]
+    fn book_notifications_chain_their_change_ids() {
+        let text = book_notification("book.ETH-PERPETUAL.raw", Some(7), 8);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let data = &v["params"]["data"];
+        assert_eq!(v["method"], "subscription");
+        assert_eq!(
+            (
+                data["type"].as_str(),
+                data["prev_change_id"].as_u64(),
+                data["change_id"].as_u64()
+            ),
+            (Some("change"), Some(7), Some(8))
+        );
+        assert_eq!(data["instrument_name"], "ETH-PERPETUAL");
+        // A channel without an instrument part still makes valid JSON.
+        let v: Value = serde_json::from_str(&book_notification("book", None, 1)).unwrap();
+        assert_eq!(v["params"]["data"]["instrument_name"], "");
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! - [`DeribitProtocol`]: the dialect alone, for a plain [`Client`](crate::Client).
 //! - [`codes`]: the pure parts: error-code mapping and message classification.
 //!
+//! Order books (`book.*`) are checked for gaps: a change whose
+//! `prev_change_id` is not the last `change_id` is reported as
+//! [`Event::SequenceGap`](crate::Event::SequenceGap), and the channel is
+//! resubscribed for a fresh snapshot (see [`DeribitProtocol`]).
+//!
 //! ```
 //! use std::time::Duration;
 //! use serde_json::json;
@@ -30,6 +35,7 @@
 //! refresh is a `warn`; with the client's `debug(true)`, authentication and
 //! refreshes are logged at `debug`.
 
+mod books;
 mod client;
 pub mod codes;
 mod config;

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use super::books::{is_book_channel, BookSequences, Verdict};
 use super::codes;
 use super::config::{Credentials, DeribitConfig};
 use crate::protocol::jsonrpc::{Request, RequestId};
@@ -231,6 +232,20 @@ struct Settings {
 ///   answered with `public/test` automatically, subscription notifications
 ///   become [`Event::Subscription`](crate::Event::Subscription), responses go
 ///   to their callers.
+/// - **Order books** (`book.*` channels): the last `change_id` of each is
+///   kept, and every change's `prev_change_id` is checked against it. The
+///   first notification after a subscribe is the snapshot (`"type":
+///   "snapshot"`), which sets the baseline; changes that arrive before it are
+///   dropped. A change that does not follow the last one is a gap: it becomes
+///   [`Inbound::SequenceGap`], which the client reports as
+///   [`Event::SequenceGap`](crate::Event::SequenceGap)`{ channel, expected:
+///   last change_id, received: prev_change_id }` and answers by resubscribing
+///   that channel alone; the gapped change and those after it are dropped
+///   until the fresh snapshot arrives, so at most one resubscribe per channel
+///   is in flight. The state belongs to one connection: all of it is reset
+///   on every (re)connect, and a channel's part on its unsubscribe. Grouped books
+///   (`book.{instrument}.{group}.{depth}.{interval}`, whole books without
+///   `prev_change_id`) are never gaps.
 /// - **On every (re)connect**, before subscriptions are restored:
 ///   1. `public/auth` (grant `client_credentials`) when credentials are set;
 ///      the tokens are stored for [`tokens`](Self::tokens) and the refresh
@@ -252,10 +267,54 @@ struct Settings {
 /// assert_eq!(p.subscribe_request(&mixed, &RequestId::Number(2)).method, "private/subscribe");
 /// # Ok::<(), zen_websocket::ConfigError>(())
 /// ```
-#[derive(Clone)]
+///
+/// A gap, as the connection thread sees it:
+///
+/// ```
+/// use serde_json::json;
+/// use zen_websocket::adapters::deribit::DeribitProtocol;
+/// use zen_websocket::protocol::jsonrpc::RequestId;
+/// use zen_websocket::protocol::{Inbound, Protocol};
+///
+/// let p = DeribitProtocol::default();
+/// let book = "book.BTC-PERPETUAL.100ms".to_string();
+/// let note = |data: serde_json::Value| {
+///     let v = json!({"jsonrpc": "2.0", "method": "subscription",
+///                    "params": {"channel": book, "data": data}});
+///     p.classify(&v.to_string(), Some(&v))
+/// };
+/// p.subscribe_request(&[book.clone()], &RequestId::Number(1));
+/// assert!(matches!(note(json!({"type": "snapshot", "change_id": 7})), Inbound::Subscription { .. }));
+/// assert!(matches!(note(json!({"type": "change", "prev_change_id": 7, "change_id": 8})),
+///     Inbound::Subscription { .. }));
+/// // Change 9 was lost:
+/// assert_eq!(
+///     note(json!({"type": "change", "prev_change_id": 9, "change_id": 10})),
+///     Inbound::SequenceGap { channel: book.clone(), expected: 8, received: 9 }
+/// );
+/// // Until the fresh snapshot, changes are dropped.
+/// assert_eq!(note(json!({"type": "change", "prev_change_id": 10, "change_id": 11})), Inbound::Discard);
+/// ```
 pub struct DeribitProtocol {
     settings: Settings,
     auth: Arc<AuthState>,
+    /// The order-book sequences of the current connection. Locked by the
+    /// connection thread (classify, resubscribe) and by callers' threads
+    /// ((un)subscribe requests), each time for a few map operations.
+    books: Mutex<BookSequences>,
+}
+
+impl Clone for DeribitProtocol {
+    /// The same settings and token store; the order-book state starts empty,
+    /// since sequence numbers belong to one connection and a clone may be
+    /// installed on another.
+    fn clone(&self) -> Self {
+        DeribitProtocol {
+            settings: self.settings.clone(),
+            auth: self.auth.clone(),
+            books: Mutex::new(BookSequences::default()),
+        }
+    }
 }
 
 impl fmt::Debug for DeribitProtocol {
@@ -265,6 +324,7 @@ impl fmt::Debug for DeribitProtocol {
             .field("heartbeat_interval", &self.settings.heartbeat_interval)
             .field("cancel_on_disconnect", &self.settings.cancel_on_disconnect)
             .field("authenticated", &self.auth.tokens.lock().is_some())
+            .field("books", &self.books.lock().len())
             .finish()
     }
 }
@@ -281,6 +341,7 @@ impl Default for DeribitProtocol {
                 debug: false,
             },
             auth,
+            books: Mutex::new(BookSequences::default()),
         }
     }
 }
@@ -302,6 +363,7 @@ impl DeribitProtocol {
                 debug: config.client.debug,
             },
             auth,
+            books: Mutex::new(BookSequences::default()),
         }
     }
 
@@ -331,11 +393,24 @@ impl DeribitProtocol {
 }
 
 impl Protocol for DeribitProtocol {
+    /// Also tells the order-book check that a snapshot is coming for each
+    /// `book.*` channel (the request is built just before it is sent).
     fn subscribe_request(&self, channels: &[String], id: &RequestId) -> Request {
+        let mut books = self.books.lock();
+        for c in channels {
+            books.subscribing(c);
+        }
+        drop(books);
         self.channel_request("subscribe", channels, id)
     }
 
+    /// Also forgets the order-book state of `channels`.
     fn unsubscribe_request(&self, channels: &[String], id: &RequestId) -> Request {
+        let mut books = self.books.lock();
+        for c in channels {
+            books.unsubscribed(c);
+        }
+        drop(books);
         self.channel_request("unsubscribe", channels, id)
     }
 
@@ -345,10 +420,33 @@ impl Protocol for DeribitProtocol {
     }
 
     fn classify(&self, _text: &str, parsed: Option<&Value>) -> Inbound {
-        codes::classify_value(parsed)
+        match codes::classify_value(parsed) {
+            // Only books are sequenced: a ticker stream never takes the lock.
+            Inbound::Subscription { channel, data } if is_book_channel(&channel) => {
+                let verdict = self.books.lock().check(&channel, &data);
+                match verdict {
+                    Verdict::Deliver => Inbound::Subscription { channel, data },
+                    Verdict::Gap { expected, received } => {
+                        self.debug(format_args!(
+                            "{channel}: gap (prev_change_id {received}, last change_id {expected})"
+                        ));
+                        Inbound::SequenceGap {
+                            channel,
+                            expected,
+                            received,
+                        }
+                    }
+                    Verdict::Stale => Inbound::Discard,
+                }
+            }
+            other => other,
+        }
     }
 
     fn on_connect(&self, session: &mut dyn Session) -> Result<()> {
+        // A new connection: every subscription (the restore that follows
+        // included) starts with its own snapshot.
+        self.books.lock().clear();
         if let Some(c) = &self.settings.credentials {
             let params = json!({
                 "grant_type": "client_credentials",
@@ -505,6 +603,41 @@ mod tests {
         r["expires_in"] = json!(1e300);
         auth.store(Tokens::from_result(&r, now).unwrap(), false);
         assert!(auth.refresh_due().is_some());
+    }
+
+    #[test]
+    fn book_state_starts_over_on_every_connect_and_clones_start_empty() {
+        let p = DeribitProtocol::default();
+        let book = "book.BTC-PERPETUAL.100ms".to_string();
+        let note = |p: &DeribitProtocol, data: Value| {
+            let v = json!({"method": "subscription", "params": {"channel": book, "data": data}});
+            p.classify(&v.to_string(), Some(&v))
+        };
+        p.subscribe_request(std::slice::from_ref(&book), &RequestId::Number(1));
+        note(&p, json!({"type": "snapshot", "change_id": 5}));
+        assert_eq!(p.books.lock().len(), 1);
+        assert_eq!(p.clone().books.lock().len(), 0);
+        p.on_connect(&mut script(vec![Ok(json!("ok"))])).unwrap();
+        assert_eq!(p.books.lock().len(), 0);
+        // Nothing known: a change is delivered unchecked, not a gap.
+        assert!(matches!(
+            note(
+                &p,
+                json!({"type": "change", "prev_change_id": 8, "change_id": 9})
+            ),
+            Inbound::Subscription { .. }
+        ));
+        // An unsubscribe forgets the channel too.
+        p.subscribe_request(std::slice::from_ref(&book), &RequestId::Number(2));
+        assert_eq!(
+            note(
+                &p,
+                json!({"type": "change", "prev_change_id": 9, "change_id": 10})
+            ),
+            Inbound::Discard
+        );
+        p.unsubscribe_request(std::slice::from_ref(&book), &RequestId::Number(3));
+        assert_eq!(p.books.lock().len(), 0);
     }
 
     #[test]
