@@ -246,7 +246,15 @@ impl Shared {
             pending.push(self.correlator.register(r.id.clone(), &r.method)?);
         }
         let text = crate::protocol::jsonrpc::encode_batch(&requests);
-        self.send_with(Message::Text(text), None, MessageKind::Request)?;
+        self.check_sendable()?;
+        if let Some(limiter) = &self.limiter {
+            let infos: Vec<MessageInfo<'_>> = requests
+                .iter()
+                .map(|r| MessageInfo::new(MessageKind::Request, text.len()).with_method(&r.method))
+                .collect();
+            limiter.acquire_all(&infos)?;
+        }
+        self.write(Message::Text(text))?;
         let deadline = Instant::now() + timeout;
         Ok(pending
             .into_iter()
@@ -275,8 +283,13 @@ impl Shared {
         match self.request(req, self.config.request_timeout) {
             Ok(result) => {
                 let listed = self.protocol.confirmed_channels(&result);
-                let tracked = self.subscriptions.lock().confirmed(&id, listed);
-                Ok(tracked.unwrap_or(channels))
+                // Normally already tracked by the connection thread; this only
+                // matters for a response that never went through `classify`.
+                self.subscriptions.lock().confirmed(&id, listed.clone());
+                Ok(match (subscribe, listed) {
+                    (true, Some(listed)) => listed,
+                    _ => channels,
+                })
             }
             Err(e) => {
                 self.subscriptions.lock().failed(&id);
@@ -418,7 +431,8 @@ impl Conn {
         match (Opening { conn: self }).request_raw(req) {
             Ok(result) => {
                 let listed = shared.protocol.confirmed_channels(&result);
-                shared.subscriptions.lock().confirmed(&id, listed);
+                shared.subscriptions.lock().confirmed(&id, listed.clone());
+                let channels = listed.unwrap_or(channels);
                 self.debug(format_args!("restored {} subscriptions", channels.len()));
                 self.emit_lifecycle(Event::SubscriptionsRestored { channels });
             }
@@ -807,6 +821,24 @@ impl Conn {
             Inbound::Response(responses) => {
                 let mut late = None;
                 for r in responses {
+                    // Track a subscription's outcome here, before the caller is
+                    // woken: a disconnect right after (drop_socket clears the
+                    // pending subscribe requests) must not lose a confirmation
+                    // the caller is about to be told about.
+                    {
+                        let mut subs = self.shared.subscriptions.lock();
+                        if subs.is_pending(&r.id) {
+                            match &r.outcome {
+                                Ok(result) => {
+                                    let listed = self.shared.protocol.confirmed_channels(result);
+                                    subs.confirmed(&r.id, listed);
+                                }
+                                Err(_) => {
+                                    subs.failed(&r.id);
+                                }
+                            }
+                        }
+                    }
                     if let Completion::Late(r) = self.shared.correlator.complete(r) {
                         // Only the last of a batch of late answers is kept as the
                         // event; earlier ones are delivered first.
