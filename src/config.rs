@@ -58,6 +58,11 @@ impl Endpoint {
             let (h, after) = v6
                 .split_once(']')
                 .ok_or_else(|| rule("has an unterminated IPv6 address"))?;
+            // Only an IPv6 address goes in brackets (a `%zone` suffix allowed).
+            let addr = h.split_once('%').map_or(h, |(a, _)| a);
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(rule("has an invalid IPv6 address in brackets"));
+            }
             let port = match after {
                 "" => None,
                 p => Some(
@@ -74,6 +79,9 @@ impl Endpoint {
         };
         if host.is_empty() {
             return Err(rule("must have a host"));
+        }
+        if host.contains(['[', ']']) || (!authority.starts_with('[') && host.contains(':')) {
+            return Err(rule("host has invalid characters"));
         }
         if host
             .chars()
@@ -458,7 +466,7 @@ impl ConfigBuilder {
                 // Never echo the value: it may be a credential.
                 return Err(ConfigError::new(
                     "header",
-                    format!("the value of `{name}` is not a valid HTTP header value (control characters or non-ASCII)"),
+                    format!("the value of `{name}` is not a valid HTTP header value (it holds control characters such as CR or LF)"),
                 ));
             }
         }

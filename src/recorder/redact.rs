@@ -148,7 +148,11 @@ impl Redactor {
             return Cow::Borrowed(text);
         }
         let trimmed = text.trim_start();
-        if (trimmed.starts_with('{') || trimmed.starts_with('[')) && is_json(text) {
+        // A top-level JSON string is JSON too: the walker keeps its quotes,
+        // where the key=value scan could swallow the closing one.
+        if (trimmed.starts_with('{') || trimmed.starts_with('[') || trimmed.starts_with('"'))
+            && is_json(text)
+        {
             return self.redact_json_text(text);
         }
         self.scan(text)
@@ -191,6 +195,10 @@ impl Redactor {
     /// parameters redacted: `wss://u:pw@h/ws?token=t` becomes
     /// `wss://u:[REDACTED]@h/ws?token=[REDACTED]`.
     pub fn redact_url<'a>(&self, url: &'a str) -> Cow<'a, str> {
+        if self.keys.is_empty() {
+            // `Redactor::none()` changes nothing, user info included.
+            return Cow::Borrowed(url);
+        }
         let userinfo = url.find("://").and_then(|scheme_end| {
             let start = scheme_end + 3;
             let authority_len = url[start..]
