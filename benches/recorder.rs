@@ -2,8 +2,9 @@
 //!
 //! Run with `cargo bench --bench recorder`:
 //!
-//! * (a) the writer thread alone: 100-byte text entries into one file, entries
-//!   per second including the final flush (fsync);
+//! * (a) the writer thread alone: 100-byte text entries into one file, handed
+//!   over in bursts of 256 as a connection does, entries per second including
+//!   the final flush (fsync);
 //! * (b) the inbound flood of the throughput bench, recording on versus off, in
 //!   the same run (best of several rounds each, interleaved).
 //!
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::*;
-use zen_websocket::recorder::{Direction, OpenMode, Recorder, RecorderConfig};
+use zen_websocket::recorder::{Direction, Entry, EntryKind, OpenMode, Recorder, RecorderConfig};
 use zen_websocket::{Client, Config, Event, Message};
 
 const WRITER_ENTRIES: usize = 2_000_000;
@@ -40,8 +41,21 @@ fn main() {
             .open(&path, OpenMode::Truncate)
             .expect("opening the bench file");
         let started = Instant::now();
-        for _ in 0..WRITER_ENTRIES {
-            file.record_text(Direction::In, &payload, Some(1));
+        // Handed over in bursts of 256, as a connection does with a read burst.
+        let mut left = WRITER_ENTRIES;
+        while left > 0 {
+            let n = left.min(256);
+            let ts = std::time::SystemTime::now();
+            let burst = (0..n)
+                .map(|_| Entry {
+                    ts,
+                    dir: Direction::In,
+                    kind: EntryKind::Text(payload.clone()),
+                    conn: Some(1),
+                })
+                .collect();
+            file.record_batch(burst);
+            left -= n;
         }
         file.flush().expect("flushing the bench file");
         let elapsed = started.elapsed();

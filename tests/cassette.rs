@@ -8,8 +8,7 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,41 +22,6 @@ use zen_websocket::testing::{Disconnect, MockServer, Reply};
 use zen_websocket::{Client, CloseInitiator, Config, ConfigBuilder, Error, Event, Message, Result};
 
 const T: Duration = Duration::from_secs(10);
-static DIR_NUMBER: AtomicU64 = AtomicU64::new(0);
-
-/// A fresh directory, removed with everything in it on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "zen-ws-cassette-test-{}-{name}-{}",
-            std::process::id(),
-            DIR_NUMBER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn fast(url: &str) -> ConfigBuilder {
     Config::builder(url)

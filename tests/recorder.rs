@@ -6,11 +6,14 @@
 //! `flush_all_recorders` would disturb (an error it would consume, a writer
 //! it would wait on), hold `PROCESS_WIDE`.
 
+mod support;
+
+use support::TempDir;
+
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,44 +25,9 @@ use zen_websocket::recorder::{
 use zen_websocket::{Error, ErrorCategory};
 
 static PROCESS_WIDE: Mutex<()> = Mutex::new(());
-static DIR_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 fn process_wide() -> MutexGuard<'static, ()> {
     PROCESS_WIDE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A fresh directory, removed with everything in it on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "zen-ws-recorder-test-{}-{name}-{}",
-            std::process::id(),
-            DIR_NUMBER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-
-    fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs `f` on its own thread and fails the test if it takes longer than `limit`.
@@ -694,7 +662,7 @@ fn opening_the_same_path_twice_shares_the_file() {
         let recorder = Recorder::start(hold_everything()).unwrap();
         let a = recorder.open(&path, OpenMode::Truncate).unwrap();
         let b = recorder
-            .open(dir.0.join(".").join("s.jsonl"), OpenMode::Truncate)
+            .open(dir.root().join(".").join("s.jsonl"), OpenMode::Truncate)
             .unwrap();
         assert_eq!(a.path(), b.path());
         a.record_text(Direction::In, "a", None);

@@ -82,6 +82,8 @@ pub struct Redactor {
     /// True when every key is made of key bytes (alphanumerics, `_`, `-`), so a
     /// key can only appear in a text as a whole token.
     token_keys: bool,
+    /// The length of the longest (normalized) key.
+    longest: usize,
 }
 
 impl Default for Redactor {
@@ -102,6 +104,7 @@ impl Redactor {
             keys: Vec::new(),
             first: [false; 256],
             token_keys: true,
+            longest: 0,
         }
     }
 
@@ -132,6 +135,7 @@ impl Redactor {
             }
         }
         self.token_keys = self.keys.iter().all(|k| k.bytes().all(is_key_byte));
+        self.longest = self.keys.iter().map(String::len).max().unwrap_or(0);
         self
     }
 
@@ -287,8 +291,15 @@ impl Redactor {
                 continue;
             }
             let start = i;
+            // Count the significant bytes (not `_`/`-`) on the way: a token with
+            // more of them than the longest key cannot be a key.
+            let mut significant = 0;
             while i < bytes.len() && is_key_byte(bytes[i]) {
+                significant += usize::from(bytes[i] != b'_' && bytes[i] != b'-');
                 i += 1;
+            }
+            if significant == 0 || significant > self.longest {
+                continue;
             }
             let token = &bytes[start..i];
             let lead = token.iter().find(|c| **c != b'_' && **c != b'-');
