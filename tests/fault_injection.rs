@@ -2,7 +2,8 @@
 //! real server on loopback (`support::fault_proxy`): a half-open link, a server
 //! that accepts TCP and never answers the upgrade, a server that refuses
 //! connections for a while, resets under a busy sender, and a consumer that
-//! stops reading its events.
+//! stops reading its events; then the same faults for a recording client, a
+//! Deribit client (re-authentication before the restore) and a pool.
 //!
 //! Every test has a watchdog and its own time bounds. Timing assertions use
 //! lower bounds that follow from the fault itself (the proxy refuses until a
@@ -782,14 +783,7 @@ fn a_slow_consumer_makes_the_server_block_instead_of_memory_growing() {
     drop(server);
 }
 
-// Pool under the same faults: `zen_websocket::pool` does not exist in this
-// copy yet. When it does, the stall and refuse tests above should run against
-// a pool of two clients behind two proxies: stall one proxy and check that
-// `send_balanced` keeps going through the other while the stalled client's
-// heartbeat fails it (its health drops, the router avoids it), then that it
-// is back in rotation after `pass()`; refuse one proxy and check the pool's
-// supervisor does not restart it faster than the backoff (proxy attempts under
-// the same bound as `a_server_refusing_for_a_while_...`).
+// The pool under the same faults is the last test of this file.
 
 // Deribit re-authentication after a stall. The half-open link is the case that
 // matters for a trading connection: nothing tells the client the link is dead
@@ -1137,4 +1131,106 @@ fn deribit_keeps_reconnecting_after_a_transient_error_in_on_connect() {
         .request("private/get_cancel_on_disconnect", json!({}))
         .is_ok());
     client.close().unwrap();
+}
+
+/// A pool of two clients, each behind its own proxy: a stalled link is found by
+/// the heartbeats, the pool routes around it with nothing sent to the dead
+/// link, and the client is back in rotation once the link passes again.
+#[test]
+fn a_pool_routes_around_a_stalled_link_and_takes_it_back() {
+    use zen_websocket::{ConnectionState, Pool, PoolEvent};
+
+    let _w = watchdog("pool_stall", Duration::from_secs(60));
+    let servers: Vec<MockServer> = (0..2).map(|_| MockServer::start().unwrap()).collect();
+    for s in &servers {
+        s.set_handler(|_| Reply::None);
+    }
+    let proxies: Vec<FaultProxy> = servers
+        .iter()
+        .map(|s| FaultProxy::start(s.addr()))
+        .collect();
+    let mut builder = Pool::builder()
+        .health_interval(Duration::from_millis(50))
+        .error_half_life(Duration::from_millis(100));
+    for p in &proxies {
+        builder = builder.client(
+            through(p)
+                .heartbeat_interval(Duration::from_millis(150))
+                .heartbeat_timeout(Duration::from_millis(250))
+                .build()
+                .unwrap(),
+        );
+    }
+    let pool = builder.start().unwrap();
+    let events = pool.events();
+    let ids: Vec<_> = pool.clients().iter().map(|(id, _)| *id).collect();
+    let total = |servers: &[MockServer]| servers.iter().map(|s| s.received_count()).sum::<usize>();
+
+    // Both links healthy: traffic spreads over both.
+    for i in 0..100 {
+        pool.send_balanced(format!("a{i}")).unwrap();
+    }
+    let deadline = Instant::now() + T;
+    while total(&servers) < 100 {
+        assert!(Instant::now() < deadline, "phase a not delivered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        servers.iter().all(|s| s.received_count() > 0),
+        "traffic did not spread"
+    );
+
+    // Stall the first link; its heartbeat fails it.
+    proxies[0].stall_both();
+    let stalled = ids[0];
+    let deadline = Instant::now() + T;
+    let ev = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok((id, PoolEvent::Client(Event::Disconnected { cause }))) if id == stalled => {
+                break cause
+            }
+            Ok(_) => {}
+            Err(e) => panic!("the stalled client was never declared dead: {e}"),
+        }
+    };
+    assert!(matches!(*ev, Error::Timeout(TimeoutKind::Pong)), "{ev:?}");
+    let on_stalled = servers[0].received_count();
+    let on_other = servers[1].received_count();
+    for i in 0..100 {
+        let id = pool.send_balanced(format!("b{i}")).unwrap();
+        assert_ne!(id, stalled, "a message was routed to the dead link");
+    }
+    servers[1].wait_for_received(on_other + 100, T).unwrap();
+    assert_eq!(servers[0].received_count(), on_stalled);
+
+    // The link passes again: the client reconnects and gets traffic again.
+    proxies[0].pass();
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok((id, PoolEvent::Client(Event::Reconnected { .. }))) if id == stalled => break,
+            Ok(_) => {}
+            Err(e) => panic!("the stalled client never came back: {e}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while servers[0].received_count() == on_stalled {
+        assert!(
+            Instant::now() < deadline,
+            "the recovered client got no traffic: {:?}",
+            pool.health()
+        );
+        pool.send_balanced(format!("c{n}")).unwrap();
+        n += 1;
+        // Pacing, so the health table (refreshed every 50 ms) sees the errors decay.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(pool
+        .health()
+        .iter()
+        .all(|h| h.state == ConnectionState::Connected));
+    pool.shutdown().unwrap();
 }
