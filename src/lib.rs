@@ -80,10 +80,24 @@
 //! lifecycle lines are logged at `debug`. Header values and credentials never
 //! appear in logs.
 //!
+//! ## What else is in the box
+//!
+//! - [`protocol`]: JSON-RPC 2.0 types, request correlation
+//!   ([`Client::request`]), subscription tracking restored after reconnects
+//!   ([`Client::subscribe`]), and the [`protocol::Protocol`] trait for platform
+//!   dialects (auth in `on_connect`).
+//! - [`rate_limit`]: a token bucket over everything a client sends
+//!   ([`ConfigBuilder::rate_limit`]), with Deribit presets.
+//! - [`recorder`]: session recording to JSONL ([`ConfigBuilder::record_to`]),
+//!   replay, metadata, and cassettes ([`recorder::Cassette`]) for tests.
+//! - [`pool`]: supervised clients and health-based routing ([`Pool`]).
+//! - [`adapters::deribit`]: the Deribit integration.
+//!
 //! ## Cargo features
 //!
-//! - `testing`: the embedded testing server ([`testing::MockServer`]) and test
-//!   certificates, for your own tests. Off by default.
+//! - `testing`: the embedded testing servers (`testing::MockServer`, and
+//!   `testing::DeribitServer` which speaks enough of Deribit's API for offline
+//!   tests) and test certificates, for your own tests. Off by default.
 //!
 //! [`Receiver`]: crossbeam_channel::Receiver
 #![forbid(unsafe_code)]
