@@ -181,7 +181,7 @@ impl fmt::Debug for DeribitConfigBuilder {
 
 impl DeribitConfigBuilder {
     /// The WebSocket URL. Any `ws://` or `wss://` URL is accepted (a local
-    /// [`DeribitServer`](crate::testing::DeribitServer), a proxy, [`MAINNET_URL`]).
+    /// `testing::DeribitServer` (feature `testing`), a proxy, [`MAINNET_URL`]).
     /// Defaults to [`TESTNET_URL`].
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
