@@ -454,11 +454,8 @@ fn a_dead_peer_is_detected_by_heartbeats_within_the_deadline() {
 
     server.simulate_disconnect(Disconnect::Silent);
     let silent_at = Instant::now();
-    let (ev, _) = wait_for(&events, T, |e| matches!(e, Event::Disconnected { .. }));
+    let cause = wait_disconnected(&events, T);
     let detected = silent_at.elapsed();
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
     assert!(
         matches!(*cause, Error::Timeout(TimeoutKind::Pong)),
         "{cause:?}"
@@ -591,10 +588,7 @@ fn an_oversized_message_is_a_protocol_error_and_reconnects() {
     let events = client.events();
     server.wait_for_connections(1, T).unwrap();
     server.inject_text(&"y".repeat(5000));
-    let (ev, _) = wait_for(&events, T, |e| matches!(e, Event::Disconnected { .. }));
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
+    let cause = wait_disconnected(&events, T);
     assert!(
         matches!(
             *cause,
@@ -624,10 +618,7 @@ fn invalid_utf8_in_a_text_frame_is_a_protocol_error() {
     )
     .unwrap();
     let events = client.events();
-    let (ev, _) = wait_for(&events, T, |e| matches!(e, Event::Disconnected { .. }));
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
+    let cause = wait_disconnected(&events, T);
     assert!(
         matches!(*cause, Error::Protocol(ProtocolError::InvalidUtf8)),
         "{cause:?}"
@@ -657,12 +648,7 @@ fn an_announced_huge_frame_is_refused_without_allocating_it() {
             .unwrap(),
     )
     .unwrap();
-    let (ev, _) = wait_for(&client.events(), T, |e| {
-        matches!(e, Event::Disconnected { .. })
-    });
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
+    let cause = wait_disconnected(&client.events(), T);
     assert!(
         matches!(
             *cause,
@@ -722,12 +708,7 @@ fn garbage_after_the_upgrade_is_a_protocol_error_not_a_panic() {
             .unwrap(),
     )
     .unwrap();
-    let (ev, _) = wait_for(&client.events(), T, |e| {
-        matches!(e, Event::Disconnected { .. })
-    });
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
+    let cause = wait_disconnected(&client.events(), T);
     assert_eq!(cause.category(), ErrorCategory::Protocol, "{cause:?}");
 }
 

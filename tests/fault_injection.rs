@@ -160,11 +160,8 @@ fn a_stalled_link_is_detected_by_heartbeats_and_subscriptions_are_restored() {
 
     proxy.stall_both();
     let stalled_at = Instant::now();
-    let (ev, _) = wait_for(&events, T, is_disconnected);
+    let cause = wait_disconnected(&events, T);
     let detected = stalled_at.elapsed();
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
     assert!(
         matches!(*cause, Error::Timeout(TimeoutKind::Pong)),
         "{cause:?}"
@@ -856,11 +853,8 @@ fn deribit_re_authenticates_and_resubscribes_after_a_stall() {
     // 2. A half-open link: only the client's heartbeat can tell.
     proxy.stall_both();
     let stalled_at = Instant::now();
-    let (ev, _) = wait_for(&events, T, is_disconnected);
+    let cause = wait_disconnected(&events, T);
     let detected = stalled_at.elapsed();
-    let Event::Disconnected { cause } = ev else {
-        unreachable!()
-    };
     assert!(
         matches!(*cause, Error::Timeout(TimeoutKind::Pong)),
         "{cause:?}"

@@ -2,7 +2,7 @@
 //! then a loop that answers what the client sends and runs the handle's
 //! commands, sleeping on both at once between them.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame as WireCloseFrame;
 use tungstenite::{Message as WireMessage, WebSocket};
 
-use super::pipe::{self, Pipe};
+use super::pipe::{self, Pipe, Transport};
 use super::server::{Command, HandshakeInfo, Reply, Shared};
 use crate::{CloseFrame, Message};
 
@@ -40,23 +40,6 @@ pub(super) struct ConnContext {
     /// Disconnected when the server stops; reply delays sleep on it.
     pub(super) shutdown: Receiver<()>,
     pub(super) tls: Option<native_tls::TlsAcceptor>,
-}
-
-/// The byte stream under the WebSocket: the pipe, plain or in TLS.
-trait Transport: Read + Write {
-    fn pipe(&mut self) -> &mut Pipe;
-}
-
-impl Transport for Pipe {
-    fn pipe(&mut self) -> &mut Pipe {
-        self
-    }
-}
-
-impl Transport for native_tls::TlsStream<Pipe> {
-    fn pipe(&mut self) -> &mut Pipe {
-        self.get_mut()
-    }
 }
 
 /// What the loop does after one step.

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::{json, Map, Value};
 use tungstenite::{Message as WireMessage, WebSocket};
 
-use super::pipe::{self, Pipe};
+use super::pipe::{self, Pipe, Transport};
 use super::tls::TestCertificates;
 use crate::{Error, Result};
 
@@ -916,23 +916,6 @@ struct ConnContext {
     /// Disconnected when the handle drops the connection.
     commands: Receiver<Command>,
     tls: Option<native_tls::TlsAcceptor>,
-}
-
-/// The byte stream under the WebSocket: the pipe, plain or in TLS.
-trait Transport: Read + Write {
-    fn pipe(&mut self) -> &mut Pipe;
-}
-
-impl Transport for Pipe {
-    fn pipe(&mut self) -> &mut Pipe {
-        self
-    }
-}
-
-impl Transport for native_tls::TlsStream<Pipe> {
-    fn pipe(&mut self) -> &mut Pipe {
-        self.get_mut()
-    }
 }
 
 fn run_connection(stream: TcpStream, ctx: ConnContext) {

@@ -123,6 +123,24 @@ impl Write for Pipe {
     }
 }
 
+/// The byte stream under a test server's WebSocket: the pipe, plain or in TLS.
+/// Shared by the mock server and the Deribit server.
+pub(super) trait Transport: std::io::Read + std::io::Write {
+    fn pipe(&mut self) -> &mut Pipe;
+}
+
+impl Transport for Pipe {
+    fn pipe(&mut self) -> &mut Pipe {
+        self
+    }
+}
+
+impl Transport for native_tls::TlsStream<Pipe> {
+    fn pipe(&mut self) -> &mut Pipe {
+        self.get_mut()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

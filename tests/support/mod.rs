@@ -65,6 +65,17 @@ pub fn wait_for(
     }
 }
 
+/// Wait for the next `Disconnected` event and return its cause.
+pub fn wait_disconnected(
+    events: &Receiver<Event>,
+    timeout: Duration,
+) -> std::sync::Arc<zen_websocket::Error> {
+    match wait_for(events, timeout, |e| matches!(e, Event::Disconnected { .. })).0 {
+        Event::Disconnected { cause } => cause,
+        _ => unreachable!("wait_for only returns a matching event"),
+    }
+}
+
 /// The next text message, skipping lifecycle events.
 pub fn next_text(events: &Receiver<Event>, timeout: Duration) -> String {
     match wait_for(events, timeout, |e| matches!(e, Event::Message(_))).0 {
