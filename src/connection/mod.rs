@@ -36,7 +36,7 @@ use crate::protocol::jsonrpc::{IdGenerator, Request};
 use crate::protocol::subscriptions::SubscriptionTracker;
 use crate::protocol::{Inbound, Protocol, Session};
 use crate::rate_limit::{MessageInfo, MessageKind, TokenBucket};
-use crate::recorder::{Direction, Entry, EntryKind, RecordFile};
+use crate::recorder::{Burst, Direction, Entry, EntryKind, RecordFile};
 use serde_json::Value;
 
 use backoff::Backoff;
@@ -776,21 +776,26 @@ impl Conn {
             // Recorded before delivery (the file shows what arrived even if the
             // consumer never reads it), as one hand-over per burst, stamped once:
             // the frames of a burst arrived together.
-            let ts = SystemTime::now();
-            let conn = Some(self.shared.id);
-            let entries = batch
+            let text: usize = batch
                 .iter()
-                .map(|m| Entry {
-                    ts,
-                    dir: Direction::In,
-                    kind: match m {
-                        Message::Text(t) => EntryKind::Text(t.clone()),
-                        Message::Binary(b) => EntryKind::Binary(b.clone()),
-                    },
-                    conn,
+                .map(|m| match m {
+                    Message::Text(t) => t.len(),
+                    Message::Binary(_) => 0,
                 })
-                .collect();
-            file.record_batch(entries);
+                .sum();
+            let mut burst = Burst::new(
+                SystemTime::now(),
+                Direction::In,
+                Some(self.shared.id),
+                (batch.len(), text, bytes.saturating_sub(text)),
+            );
+            for m in batch.iter() {
+                match m {
+                    Message::Text(t) => burst.push_text(t),
+                    Message::Binary(b) => burst.push_binary(b),
+                }
+            }
+            file.record_burst(burst);
         }
         let classify = self.shared.classify.load(Ordering::Acquire);
         for m in batch.drain(..) {

@@ -308,15 +308,7 @@ pub(crate) struct TsCache {
 /// [`encode`], appending to `out` (the writer reuses one buffer per batch).
 pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String, ts: &mut TsCache) {
     out.push_str("{\"ts\":\"");
-    match &ts.last {
-        Some((t, text)) if *t == entry.ts => out.push_str(text),
-        _ => {
-            let mut text = String::with_capacity(27);
-            super::timestamp::push_timestamp(&mut text, entry.ts);
-            out.push_str(&text);
-            ts.last = Some((entry.ts, text));
-        }
-    }
+    push_cached_timestamp(out, entry.ts, ts);
     out.push_str("\",\"dir\":\"");
     out.push_str(entry.dir.as_str());
     out.push_str("\",\"type\":\"");
@@ -335,7 +327,7 @@ pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String, 
         EntryKind::Close { code, reason } => {
             if let Some(code) = code {
                 out.push_str(",\"code\":");
-                out.push_str(&code.to_string());
+                push_u64(out, u64::from(*code));
             }
             out.push_str(",\"reason\":");
             push_json_string(out, &redactor.redact_text(reason));
@@ -350,24 +342,166 @@ pub(crate) fn encode_into(entry: &Entry, redactor: &Redactor, out: &mut String, 
         }
         EntryKind::Reconnecting { attempt, delay_ms } => {
             out.push_str(",\"attempt\":");
-            out.push_str(&attempt.to_string());
+            push_u64(out, u64::from(*attempt));
             out.push_str(",\"delay_ms\":");
-            out.push_str(&delay_ms.to_string());
+            push_u64(out, *delay_ms);
         }
         EntryKind::Reconnected { attempt } => {
             out.push_str(",\"attempt\":");
-            out.push_str(&attempt.to_string());
+            push_u64(out, u64::from(*attempt));
         }
     }
     if let Some(conn) = entry.conn {
         out.push_str(",\"conn\":");
-        out.push_str(&conn.to_string());
+        push_u64(out, conn);
     }
     out.push('}');
 }
 
-/// Appends `s` as a JSON string literal. Written by hand because it cannot
-/// fail, unlike `serde_json::to_string`, and needs no intermediate allocation.
+/// The frames of one read burst in two flat buffers, for the writer thread.
+///
+/// A connection reads up to a few hundred frames per wake-up, and they share
+/// a direction, a connection and (stamped together) a time stamp. Handing
+/// them over as one `Entry` each would cost an allocation per frame on the
+/// connection thread and a cross-thread free per frame on the writer, which is
+/// most of what recording costs a flood; a burst costs a few allocations in
+/// all, and the writer encodes straight from its buffers.
+#[derive(Debug, Clone)]
+pub(crate) struct Burst {
+    pub(crate) ts: SystemTime,
+    pub(crate) dir: Direction,
+    pub(crate) conn: Option<u64>,
+    /// The text payloads, back to back (so slicing needs no UTF-8 check).
+    text: String,
+    /// The binary payloads, back to back.
+    binary: Vec<u8>,
+    /// In arrival order: whether a frame is binary, and where it ends in its buffer.
+    frames: Vec<(bool, usize)>,
+}
+
+impl Burst {
+    /// An empty burst with room for `frames` frames of `text` and `binary` bytes in all.
+    pub(crate) fn new(
+        ts: SystemTime,
+        dir: Direction,
+        conn: Option<u64>,
+        (frames, text, binary): (usize, usize, usize),
+    ) -> Burst {
+        Burst {
+            ts,
+            dir,
+            conn,
+            text: String::with_capacity(text),
+            binary: Vec::with_capacity(binary),
+            frames: Vec::with_capacity(frames),
+        }
+    }
+
+    pub(crate) fn push_text(&mut self, t: &str) {
+        self.text.push_str(t);
+        self.frames.push((false, self.text.len()));
+    }
+
+    pub(crate) fn push_binary(&mut self, b: &[u8]) {
+        self.binary.extend_from_slice(b);
+        self.frames.push((true, self.binary.len()));
+    }
+
+    /// How many frames it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// The frames as entries, in order (for tests and the rare slow path).
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> Vec<Entry> {
+        let (mut t, mut b) = (0, 0);
+        self.frames
+            .iter()
+            .map(|&(binary, end)| {
+                let kind = if binary {
+                    let k = EntryKind::Binary(self.binary[b..end].to_vec());
+                    b = end;
+                    k
+                } else {
+                    let k = EntryKind::Text(self.text[t..end].to_owned());
+                    t = end;
+                    k
+                };
+                Entry {
+                    ts: self.ts,
+                    dir: self.dir,
+                    kind,
+                    conn: self.conn,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Appends every frame of `burst` as one line each, exactly as
+/// [`encode_into`] would encode them as entries, but with the parts they share
+/// (stamp, direction, connection) formatted once.
+pub(crate) fn encode_burst_into(
+    burst: &Burst,
+    redactor: &Redactor,
+    out: &mut String,
+    ts: &mut TsCache,
+) {
+    let mut head = String::with_capacity(64);
+    head.push_str("{\"ts\":\"");
+    push_cached_timestamp(&mut head, burst.ts, ts);
+    head.push_str("\",\"dir\":\"");
+    head.push_str(burst.dir.as_str());
+    head.push_str("\",\"type\":\"");
+    let mut tail = String::with_capacity(24);
+    if let Some(conn) = burst.conn {
+        tail.push_str(",\"conn\":");
+        push_u64(&mut tail, conn);
+    }
+    tail.push_str("}\n");
+    let (mut t, mut b) = (0, 0);
+    for &(binary, end) in &burst.frames {
+        out.push_str(&head);
+        if binary {
+            out.push_str("binary\",\"data\":\"");
+            if let Some(bytes) = burst.binary.get(b..end) {
+                STANDARD.encode_string(bytes, out);
+            }
+            out.push('"');
+            b = end;
+        } else {
+            out.push_str("text\",\"data\":");
+            // The ends were recorded after whole strings, so they are char
+            // boundaries and `get` always succeeds.
+            push_json_string(
+                out,
+                &redactor.redact_text(burst.text.get(t..end).unwrap_or("")),
+            );
+            t = end;
+        }
+        out.push_str(&tail);
+    }
+}
+
+/// Appends `t` formatted, from the cache when it is the last stamp formatted.
+fn push_cached_timestamp(out: &mut String, t: SystemTime, cache: &mut TsCache) {
+    match &cache.last {
+        Some((last, text)) if *last == t => out.push_str(text),
+        _ => {
+            let mut text = String::with_capacity(27);
+            super::timestamp::push_timestamp(&mut text, t);
+            out.push_str(&text);
+            cache.last = Some((t, text));
+        }
+    }
+}
+
+/// Bytes a JSON string must escape: `"`, `\\` and the controls below 0x20.
 static NEEDS_ESCAPE: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
@@ -380,39 +514,87 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
-fn push_json_string(out: &mut String, s: &str) {
+/// The index of the first byte at or after `from` that [`NEEDS_ESCAPE`].
+///
+/// Eight bytes at a time ("SWAR"): the writer runs this over every recorded
+/// payload, and most payloads have long runs that need nothing. For each word
+/// the classic "has a zero byte" test is applied to `w ^ '"'`, `w ^ '\\'` and
+/// (as "has a byte below 0x20") to `w`; its lowest set bit is always exact,
+/// which is the only one used.
+fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let rest = bytes.get(from..)?;
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let hits = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w);
+        let hits = hits & HIGH;
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|b| NEEDS_ESCAPE[usize::from(*b)])
+        .map(|i| at + i)
+}
+
+/// Appends `s` as a JSON string literal. Written by hand because it cannot
+/// fail, unlike `serde_json::to_string`, and needs no intermediate allocation.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        // Most bytes need no escape; one table load tells.
-        if !NEEDS_ESCAPE[b as usize] {
-            continue;
-        }
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
+    while let Some(i) = next_escape(bytes, start) {
+        let b = bytes[i];
         // `i` is at an ASCII byte, so both slices end on char boundaries.
         out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(escape);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            _ => {
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
         }
         start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// Appends `n` in decimal without allocating (`to_string` would, per entry).
+pub(crate) fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &buf[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// Base64 as other tools write it: padding optional, either alphabet.
@@ -642,6 +824,7 @@ fn base64_decode(s: &str) -> Result<Vec<u8>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
     use proptest::prelude::*;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -954,6 +1137,54 @@ mod tests {
             let line = encode(&e, &Redactor::none());
             prop_assert!(!line.contains('\n'));
             prop_assert_eq!(decode(&line).unwrap(), e);
+        }
+
+        #[test]
+        fn a_burst_encodes_exactly_as_its_entries_would(
+            micros in 0u64..253_402_300_799_000_000,
+            dir in arb_dir(),
+            conn in proptest::option::of(any::<u64>()),
+            frames in proptest::collection::vec(
+                prop_oneof![
+                    "\\PC{0,40}".prop_map(Message::Text),
+                    "[a-z{}\":,]{0,40}".prop_map(|t| Message::Text(format!("{{\"password\":\"{t}\"}}"))),
+                    proptest::collection::vec(any::<u8>(), 0..40).prop_map(Message::Binary),
+                ],
+                0..20,
+            ),
+        ) {
+            let redactor = Redactor::default();
+            let mut burst = Burst::new(ts(micros), dir, conn, (0, 0, 0));
+            for m in &frames {
+                match m {
+                    Message::Text(t) => burst.push_text(t),
+                    Message::Binary(b) => burst.push_binary(b),
+                }
+            }
+            prop_assert_eq!(burst.len(), frames.len());
+            let mut expected = String::new();
+            for e in burst.entries() {
+                expected.push_str(&encode(&e, &redactor));
+                expected.push('\n');
+            }
+            let mut got = String::new();
+            encode_burst_into(&burst, &redactor, &mut got, &mut TsCache::default());
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn json_strings_are_escaped_as_serde_json_reads_them(text in "(\\PC|[\"\\\\\u{0}-\u{1f}\u{7f}\u{80}-\u{ff}]){0,70}") {
+            let mut out = String::new();
+            push_json_string(&mut out, &text);
+            prop_assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+            prop_assert!(!out.contains('\n'));
+        }
+
+        #[test]
+        fn integers_are_written_in_decimal(n in any::<u64>()) {
+            let mut out = String::from("x");
+            push_u64(&mut out, n);
+            prop_assert_eq!(out, format!("x{n}"));
         }
 
         #[test]

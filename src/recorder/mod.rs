@@ -50,6 +50,7 @@ mod writer;
 pub use cassette::{
     Cassette, CassetteMode, CassetteSession, ReplayOptions, ReplayServer, Timing, CASSETTE_ENV,
 };
+pub(crate) use entry::Burst;
 pub use entry::{decode, encode, DecodeError, Direction, Entry, EntryKind};
 pub use redact::{Redactor, DEFAULT_SENSITIVE_KEYS, REDACTED};
 pub use replay::{metadata, replay, replay_timed, BadLine, Metadata, Recording, ReplaySummary};

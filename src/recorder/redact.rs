@@ -77,13 +77,16 @@ const SENSITIVE_HEADER_WORDS: &[&str] = &[
 pub struct Redactor {
     /// Normalized (ASCII lowercase, without `_` and `-`), deduplicated, never empty strings.
     keys: Vec<String>,
-    /// Bytes that some key starts with: the prefilter's table.
-    first: [bool; 256],
     /// True when every key is made of key bytes (alphanumerics, `_`, `-`), so a
     /// key can only appear in a text as a whole token.
     token_keys: bool,
     /// The length of the longest (normalized) key.
     longest: usize,
+    /// The length of the shortest (normalized) key.
+    shortest: usize,
+    /// The keys' first and last letters by length: the prefilter compares a
+    /// token with the keys only when its shape is that of some key.
+    shapes: Shapes,
 }
 
 impl Default for Redactor {
@@ -102,9 +105,10 @@ impl Redactor {
     pub fn none() -> Self {
         Redactor {
             keys: Vec::new(),
-            first: [false; 256],
             token_keys: true,
             longest: 0,
+            shortest: 0,
+            shapes: Shapes::default(),
         }
     }
 
@@ -128,14 +132,13 @@ impl Redactor {
                 self.keys.push(n);
             }
         }
-        self.first = [false; 256];
-        for k in &self.keys {
-            if let Some(&b) = k.as_bytes().first() {
-                self.first[b as usize] = true;
-            }
-        }
         self.token_keys = self.keys.iter().all(|k| k.bytes().all(is_key_byte));
         self.longest = self.keys.iter().map(String::len).max().unwrap_or(0);
+        self.shortest = self.keys.iter().map(String::len).min().unwrap_or(0);
+        self.shapes = Shapes::default();
+        for k in &self.keys {
+            self.shapes.add(k.as_bytes());
+        }
         self
     }
 
@@ -275,13 +278,15 @@ impl Redactor {
         // One pass over the bytes, no allocation: this runs on every recorded
         // text frame, and almost none of them hold a credential. Redaction only
         // ever applies to a whole key (a JSON key or the key of `key=value`), so
-        // only whole tokens need comparing, and only those whose first
-        // significant byte starts some key.
+        // only whole tokens need comparing, and only those with the length and
+        // the first and last letters of some key: a constant-time test per token,
+        // and one table load per byte.
         let bytes = text.as_bytes();
+        let n = bytes.len();
         let mut i = 0;
-        while i < bytes.len() {
+        while i < n {
             let b = bytes[i];
-            if !is_key_byte(b) {
+            if FOLD[usize::from(b)] == 0 {
                 // A JSON escape can spell a key without its letters (`\u0074oken`);
                 // let the full parser decide then.
                 if b == b'\\' && bytes.get(i + 1) == Some(&b'u') {
@@ -291,24 +296,56 @@ impl Redactor {
                 continue;
             }
             let start = i;
-            // Count the significant bytes (not `_`/`-`) on the way: a token with
-            // more of them than the longest key cannot be a key.
-            let mut significant = 0;
-            while i < bytes.len() && is_key_byte(bytes[i]) {
-                significant += usize::from(bytes[i] != b'_' && bytes[i] != b'-');
+            let mut separators = 0;
+            // Eight bytes at a time while the token lasts (payloads often carry
+            // long tokens: ids, hashes, base64), then byte by byte.
+            let mut ended = false;
+            while let Some(w) = word_at(bytes, i) {
+                let keys = key_byte_mask(w);
+                let seps = separator_mask(w);
+                if keys == HIGH_BITS {
+                    separators += seps.count_ones() as usize;
+                    i += 8;
+                    continue;
+                }
+                // The token ends at the first byte whose mask bit is clear.
+                let len = (!keys & HIGH_BITS).trailing_zeros() / 8;
+                let before = (1u64 << (len * 8)) - 1;
+                separators += (seps & before).count_ones() as usize;
+                i += len as usize;
+                ended = true;
+                break;
+            }
+            while !ended && i < n {
+                let f = FOLD[usize::from(bytes[i])];
+                if f == 0 {
+                    break;
+                }
+                separators += usize::from(f == SEPARATOR);
                 i += 1;
             }
-            if significant == 0 || significant > self.longest {
+            let significant = i - start - separators;
+            if significant < self.shortest || significant > self.longest {
                 continue;
             }
             let token = &bytes[start..i];
-            let lead = token.iter().find(|c| **c != b'_' && **c != b'-');
-            if let Some(&c) = lead {
-                if self.first[c.to_ascii_lowercase() as usize]
-                    && text.get(start..i).is_some_and(|t| self.is_sensitive_key(t))
-                {
-                    return true;
+            let (first, last) = match (token.first(), token.last()) {
+                (Some(&a), Some(&z)) if separators == 0 => {
+                    (FOLD[usize::from(a)], FOLD[usize::from(z)])
                 }
+                _ => {
+                    let mut letters = token
+                        .iter()
+                        .map(|b| FOLD[usize::from(*b)])
+                        .filter(|f| *f != SEPARATOR);
+                    let first = letters.next().unwrap_or(0);
+                    (first, letters.next_back().unwrap_or(first))
+                }
+            };
+            if self.shapes.may_match(significant, first, last)
+                && text.get(start..i).is_some_and(|t| self.is_sensitive_key(t))
+            {
+                return true;
             }
         }
         false
@@ -437,6 +474,111 @@ fn normalized_eq(raw: &str, norm: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// What [`FOLD`] maps `_` and `-` to: inside a token, but not part of its normalized form.
+const SEPARATOR: u8 = 1;
+
+/// The prefilter's byte classes in one load: 0 for a byte that is not part of
+/// a token, [`SEPARATOR`] for `_` and `-`, and the ASCII-lowercased byte for
+/// letters and digits.
+static FOLD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() {
+            t[i] = b.to_ascii_lowercase();
+        } else if b == b'_' || b == b'-' {
+            t[i] = SEPARATOR;
+        }
+        i += 1;
+    }
+    t
+};
+
+const ONE_BYTES: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = ONE_BYTES * 0x80;
+
+/// The eight bytes at `i`, little-endian, if there are eight.
+fn word_at(bytes: &[u8], i: usize) -> Option<u64> {
+    let chunk: [u8; 8] = bytes.get(i..i.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(chunk))
+}
+
+/// The high bit of each byte of `w` that lies strictly between `low` and
+/// `high` (both at most 128). Exact per byte: masking to seven bits first
+/// keeps every sum and difference inside its byte (Bit Twiddling Hacks,
+/// "determine if a word has a byte between m and n").
+fn between(w: u64, low: u8, high: u8) -> u64 {
+    let x = w & (ONE_BYTES * 0x7f);
+    (ONE_BYTES * (127 + u64::from(high))).wrapping_sub(x)
+        & !w
+        & x.wrapping_add(ONE_BYTES * (127 - u64::from(low)))
+        & HIGH_BITS
+}
+
+/// The high bit of each byte of `w` that [`FOLD`] does not map to 0: ASCII
+/// letters (folded to lower case with `| 0x20`), digits, `_` and `-`.
+fn key_byte_mask(w: u64) -> u64 {
+    between(w | (ONE_BYTES * 0x20), b'a' - 1, b'z' + 1)
+        | between(w, b'0' - 1, b'9' + 1)
+        | separator_mask(w)
+}
+
+/// The high bit of each `_` and `-` byte of `w`.
+fn separator_mask(w: u64) -> u64 {
+    between(w, b'_' - 1, b'_' + 1) | between(w, b'-' - 1, b'-' + 1)
+}
+
+/// Key lengths [`Shapes`] tells apart; longer keys share the last slot.
+const SHAPE_LENGTHS: usize = 33;
+
+/// The first and last letters of the keys, by length, as 256-bit sets.
+#[derive(Clone, PartialEq, Eq)]
+struct Shapes {
+    first: [[u64; 4]; SHAPE_LENGTHS],
+    last: [[u64; 4]; SHAPE_LENGTHS],
+}
+
+impl Default for Shapes {
+    fn default() -> Self {
+        Shapes {
+            first: [[0; 4]; SHAPE_LENGTHS],
+            last: [[0; 4]; SHAPE_LENGTHS],
+        }
+    }
+}
+
+impl Shapes {
+    fn add(&mut self, key: &[u8]) {
+        let (Some(&first), Some(&last)) = (key.first(), key.last()) else {
+            return;
+        };
+        let len = key.len().min(SHAPE_LENGTHS - 1);
+        set_bit(&mut self.first[len], first);
+        set_bit(&mut self.last[len], last);
+    }
+
+    /// False only when no key has this length, first letter and last letter.
+    fn may_match(&self, len: usize, first: u8, last: u8) -> bool {
+        let len = len.min(SHAPE_LENGTHS - 1);
+        has_bit(&self.first[len], first) && has_bit(&self.last[len], last)
+    }
+}
+
+impl std::fmt::Debug for Shapes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shapes { .. }")
+    }
+}
+
+fn set_bit(set: &mut [u64; 4], b: u8) {
+    set[usize::from(b >> 6)] |= 1 << (b & 63);
+}
+
+fn has_bit(set: &[u64; 4], b: u8) -> bool {
+    set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
 fn is_key_byte(b: u8) -> bool {
@@ -895,7 +1037,76 @@ mod tests {
         assert!(!r().redact_json(&mut v), "a second pass changes nothing");
     }
 
+    /// The prefilter's definition, spelled plainly: some whole token
+    /// normalizes to a key, or the text has a `\\u` escape.
+    fn prefilter_oracle(r: &Redactor, text: &str) -> bool {
+        text.contains("\\u")
+            || text
+                .split(|c: char| !is_key_byte(c as u32 as u8) || !c.is_ascii())
+                .any(|token| !token.is_empty() && r.keys.contains(&normalize(token)))
+    }
+
+    #[test]
+    fn the_word_masks_classify_every_byte_at_every_position_as_fold_does() {
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                // Surround the byte with each kind of neighbour: a mask must
+                // not depend on the bytes beside it.
+                for fill in [0u8, b'a', b'_', 0xff, b'\\', b'9'] {
+                    let mut word = [fill; 8];
+                    word[pos] = b;
+                    let w = u64::from_le_bytes(word);
+                    let bit = 1u64 << (pos * 8 + 7);
+                    assert_eq!(
+                        key_byte_mask(w) & bit != 0,
+                        FOLD[usize::from(b)] != 0,
+                        "{b:#x} at {pos}"
+                    );
+                    assert_eq!(
+                        separator_mask(w) & bit != 0,
+                        FOLD[usize::from(b)] == SEPARATOR,
+                        "{b:#x}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefilter_finds_every_spelling_of_every_key_anywhere() {
+        let r = Redactor::with_keys(["session_id", "x"]);
+        for key in DEFAULT_SENSITIVE_KEYS.iter().chain(&["SessionId", "X"]) {
+            for spelled in [
+                key.to_string(),
+                key.to_uppercase(),
+                format!("_{}-", key.replace('_', "-")),
+            ] {
+                for text in [
+                    spelled.clone(),
+                    format!("{{\"{spelled}\":1}}"),
+                    format!("a b&{spelled}=1"),
+                    format!("é{spelled}é"),
+                ] {
+                    assert!(r.might_contain_key(&text), "{text}");
+                }
+                // Part of a longer token is not the key.
+                assert!(!r.might_contain_key(&format!("{spelled}q")), "{spelled}q");
+            }
+        }
+        assert!(!r.might_contain_key(&"abcdefghijklmnopqrstuvwxyz".repeat(4)));
+        assert!(!Redactor::none().might_contain_key("token=1"));
+    }
+
     proptest! {
+        #[test]
+        fn the_prefilter_is_exactly_its_definition(
+            s in "([\\[\\]{}\":=&' ,é_-]|token|api|Key|secret|auth|T_O_K_E_N|x|\\\\u|[a-z]){0,30}",
+        ) {
+            let custom = Redactor::with_keys(["x"]);
+            prop_assert_eq!(custom.might_contain_key(&s), prefilter_oracle(&custom, &s), "{}", s);
+            prop_assert_eq!(r().might_contain_key(&s), prefilter_oracle(&r(), &s), "{}", s);
+        }
+
         #[test]
         fn redacting_arbitrary_text_never_panics(s in "\\PC{0,200}") {
             let _ = r().redact_text(&s);

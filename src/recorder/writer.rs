@@ -25,7 +25,7 @@ use crossbeam_channel::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use super::entry::{encode_into, Direction, Entry, EntryKind, TsCache};
+use super::entry::{encode_burst_into, encode_into, Burst, Direction, Entry, EntryKind, TsCache};
 use super::redact::Redactor;
 use crate::{ConfigError, Error, Result, TimeoutKind};
 
@@ -266,7 +266,13 @@ enum Cmd {
     /// with one channel operation instead of one per frame.
     Entries {
         file: u64,
-        entries: Vec<Entry>,
+        items: Vec<Pending>,
+        count: usize,
+    },
+    /// A connection's read burst in flat buffers (see [`Burst`]).
+    Burst {
+        file: u64,
+        burst: Burst,
     },
     Open {
         path: PathBuf,
@@ -698,10 +704,38 @@ impl RecordFile {
             match guard.as_ref() {
                 None => false,
                 Some(tx) => {
+                    let (items, count) = pack(entries);
                     let cmd = Cmd::Entries {
                         file: h.id,
-                        entries,
+                        items,
+                        count,
                     };
+                    match h.link.overflow {
+                        Overflow::Block => tx.send(cmd).is_ok(),
+                        Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
+                    }
+                }
+            }
+        };
+        if !sent {
+            add(&h.counters.dropped, n);
+            add(&h.link.stats.total.dropped, n);
+        }
+    }
+
+    /// Records a read burst with one hand-over; same blocking and dropping rules.
+    pub(crate) fn record_burst(&self, burst: Burst) {
+        if burst.is_empty() {
+            return;
+        }
+        let h = &*self.inner;
+        let n = burst.len() as u64;
+        let sent = {
+            let guard = h.link.tx.read();
+            match guard.as_ref() {
+                None => false,
+                Some(tx) => {
+                    let cmd = Cmd::Burst { file: h.id, burst };
                     match h.link.overflow {
                         Overflow::Block => tx.send(cmd).is_ok(),
                         Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
@@ -795,6 +829,71 @@ fn sync(file: &File) -> io::Result<()> {
     }
 }
 
+/// What waits in a file's batch: one entry, or a whole read burst.
+enum Pending {
+    One(Entry),
+    Burst(Burst),
+}
+
+impl Pending {
+    fn ts(&self) -> std::time::SystemTime {
+        match self {
+            Pending::One(e) => e.ts,
+            Pending::Burst(b) => b.ts,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Pending::One(_) => 1,
+            Pending::Burst(b) => b.len(),
+        }
+    }
+}
+
+/// Packs the frames of `entries` that share a stamp, direction and connection
+/// into bursts, on the caller's thread: the writer then reads contiguous
+/// memory and frees a few buffers instead of one string per entry (which, for
+/// small frames, is most of what an entry costs it). Returns the items and
+/// how many entries they hold.
+fn pack(entries: Vec<Entry>) -> (Vec<Pending>, usize) {
+    let count = entries.len();
+    // Room for everything in the first burst: a batch is usually one burst.
+    let mut room = entries
+        .iter()
+        .fold((count, 0, 0), |(n, t, b), e| match &e.kind {
+            EntryKind::Text(s) => (n, t + s.len(), b),
+            EntryKind::Binary(v) => (n, t, b + v.len()),
+            _ => (n, t, b),
+        });
+    let mut items = Vec::new();
+    let mut burst: Option<Burst> = None;
+    for entry in entries {
+        let frame = matches!(entry.kind, EntryKind::Text(_) | EntryKind::Binary(_));
+        let same = burst
+            .as_ref()
+            .is_some_and(|b| b.ts == entry.ts && b.dir == entry.dir && b.conn == entry.conn);
+        if !frame || !same {
+            items.extend(burst.take().map(Pending::Burst));
+        }
+        match entry.kind {
+            EntryKind::Text(t) => burst
+                .get_or_insert_with(|| {
+                    Burst::new(entry.ts, entry.dir, entry.conn, mem::take(&mut room))
+                })
+                .push_text(&t),
+            EntryKind::Binary(b) => burst
+                .get_or_insert_with(|| {
+                    Burst::new(entry.ts, entry.dir, entry.conn, mem::take(&mut room))
+                })
+                .push_binary(&b),
+            _ => items.push(Pending::One(entry)),
+        }
+    }
+    items.extend(burst.map(Pending::Burst));
+    (items, count)
+}
+
 /// One open file, owned by the writer thread.
 struct OpenFile {
     path: PathBuf,
@@ -802,7 +901,9 @@ struct OpenFile {
     /// The temporary file while an `ReplaceAtomically` file is not committed.
     temp: Option<PathBuf>,
     mode: OpenMode,
-    pending: Vec<Entry>,
+    pending: Vec<Pending>,
+    /// How many entries `pending` holds (a burst holds many).
+    pending_entries: usize,
     /// Bumped whenever `pending` goes from empty to non-empty, to tell a
     /// current deadline from a stale one.
     generation: u64,
@@ -867,12 +968,13 @@ impl Writer {
     /// Handles one command; returns the reply channel of a `Stop`.
     fn handle(&mut self, cmd: Cmd) -> Option<Sender<Result<()>>> {
         match cmd {
-            Cmd::Entry { file, entry } => self.queue(file, entry),
-            Cmd::Entries { file, entries } => {
-                for entry in entries {
-                    self.queue(file, entry);
+            Cmd::Entry { file, entry } => self.queue(file, Pending::One(entry)),
+            Cmd::Entries { file, items, .. } => {
+                for item in items {
+                    self.queue(file, item);
                 }
             }
+            Cmd::Burst { file, burst } => self.queue(file, Pending::Burst(burst)),
             Cmd::Open { path, mode, reply } => {
                 let _ = reply.send(self.open(&path, mode));
             }
@@ -896,11 +998,11 @@ impl Writer {
         None
     }
 
-    fn queue(&mut self, id: u64, entry: Entry) {
+    fn queue(&mut self, id: u64, item: Pending) {
         let Some(f) = self.files.get_mut(&id) else {
             // Cannot happen while a handle exists (its release comes after its
             // entries); count it rather than lose it silently.
-            add(&self.stats.total.dropped, 1);
+            add(&self.stats.total.dropped, item.len() as u64);
             return;
         };
         if f.pending.is_empty() {
@@ -910,8 +1012,9 @@ impl Writer {
                 self.deadlines.push_back((deadline, id, f.generation));
             }
         }
-        f.pending.push(entry);
-        if f.pending.len() >= self.batch_size {
+        f.pending_entries += item.len();
+        f.pending.push(item);
+        if f.pending_entries >= self.batch_size {
             self.write_batch(id);
         }
     }
@@ -1011,6 +1114,7 @@ impl Writer {
                 temp,
                 mode,
                 pending: Vec::new(),
+                pending_entries: 0,
                 generation: 0,
                 handles: 1,
                 error: None,
@@ -1037,18 +1141,23 @@ impl Writer {
             return;
         }
         let mut batch = mem::take(&mut f.pending);
-        batch.sort_by_key(|e| e.ts); // stable: equal stamps keep arrival order
+        let n = mem::take(&mut f.pending_entries) as u64;
+        batch.sort_by_key(Pending::ts); // stable: equal stamps keep arrival order
         let line = &mut self.line;
         line.clear();
         if f.needs_newline {
             line.push('\n');
         }
         let mut ts = TsCache::default();
-        for entry in &batch {
-            encode_into(entry, &self.redactor, line, &mut ts);
-            line.push('\n');
+        for item in &batch {
+            match item {
+                Pending::One(entry) => {
+                    encode_into(entry, &self.redactor, line, &mut ts);
+                    line.push('\n');
+                }
+                Pending::Burst(burst) => encode_burst_into(burst, &self.redactor, line, &mut ts),
+            }
         }
-        let n = batch.len() as u64;
         // Only regular files can be cut back after a partial write.
         let before = f
             .file
@@ -1198,9 +1307,8 @@ impl Writer {
         loop {
             match self.rx.try_recv() {
                 Ok(Cmd::Entry { .. }) => add(&self.stats.total.dropped, 1),
-                Ok(Cmd::Entries { entries, .. }) => {
-                    add(&self.stats.total.dropped, entries.len() as u64)
-                }
+                Ok(Cmd::Entries { count, .. }) => add(&self.stats.total.dropped, count as u64),
+                Ok(Cmd::Burst { burst, .. }) => add(&self.stats.total.dropped, burst.len() as u64),
                 Ok(Cmd::Open { path, reply, .. }) => {
                     let _ = reply.send(Err(stopped(Some(&path))));
                 }
@@ -1243,6 +1351,45 @@ mod tests {
         assert_eq!(c.overflow, Overflow::Block);
         assert_eq!(OpenMode::default(), OpenMode::Append);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn packing_keeps_every_entry_in_order_and_bursts_only_frames_that_share_a_stamp() {
+        let t0 = std::time::UNIX_EPOCH + Duration::from_secs(1);
+        let t1 = t0 + Duration::from_micros(1);
+        let e = |ts, dir, kind, conn| Entry {
+            ts,
+            dir,
+            kind,
+            conn,
+        };
+        let entries = vec![
+            e(t0, Direction::In, EntryKind::Text("a".into()), Some(1)),
+            e(t0, Direction::In, EntryKind::Binary(vec![0, 1]), Some(1)),
+            e(t0, Direction::In, EntryKind::Text("é".into()), Some(1)),
+            e(t0, Direction::Out, EntryKind::Text("b".into()), Some(1)),
+            e(t0, Direction::Out, EntryKind::Text("c".into()), Some(2)),
+            e(t1, Direction::Out, EntryKind::Text("d".into()), Some(2)),
+            e(
+                t1,
+                Direction::Internal,
+                EntryKind::Reconnected { attempt: 1 },
+                Some(2),
+            ),
+            e(t1, Direction::Out, EntryKind::Text("e".into()), Some(2)),
+        ];
+        let (items, count) = pack(entries.clone());
+        assert_eq!(count, entries.len());
+        let sizes: Vec<usize> = items.iter().map(Pending::len).collect();
+        assert_eq!(sizes, [3, 1, 1, 1, 1, 1]);
+        let unpacked: Vec<Entry> = items
+            .into_iter()
+            .flat_map(|item| match item {
+                Pending::One(e) => vec![e],
+                Pending::Burst(b) => b.entries(),
+            })
+            .collect();
+        assert_eq!(unpacked, entries);
     }
 
     #[test]
