@@ -167,6 +167,99 @@ fn many_threads_recording_into_several_files_write_every_entry_exactly_once() {
 }
 
 #[test]
+fn background_syncs_during_batched_recording_lose_and_reorder_nothing() {
+    within(LIMIT, || {
+        let dir = TempDir::new("bgsync");
+        let mut c = config();
+        c.batch_size = 8;
+        c.flush_interval = Duration::from_millis(1);
+        // Every written batch asks for a background fsync.
+        c.background_sync_bytes = 1;
+        let recorder = Recorder::start(c).unwrap();
+        let paths: Vec<PathBuf> = (0..2).map(|i| dir.path(&format!("s{i}.jsonl"))).collect();
+        let files: Vec<_> = paths
+            .iter()
+            .map(|p| recorder.open(p, OpenMode::Truncate).unwrap())
+            .collect();
+        const THREADS: u64 = 4;
+        const BATCHES: u64 = 50;
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let files = files.clone();
+                thread::spawn(move || {
+                    for b in 0..BATCHES {
+                        // Frames that share a stamp, with a lifecycle entry and
+                        // a binary frame among them: packed into bursts.
+                        let ts = SystemTime::now();
+                        let text = |i: u64| Entry {
+                            ts,
+                            dir: Direction::In,
+                            kind: EntryKind::Text(format!(r#"{{"t":{t},"i":{}}}"#, b * 10 + i)),
+                            conn: Some(t),
+                        };
+                        let mut batch: Vec<Entry> = (0..5).map(text).collect();
+                        batch.push(Entry {
+                            ts,
+                            dir: Direction::Internal,
+                            kind: EntryKind::Reconnected {
+                                attempt: b as u32 + 1,
+                            },
+                            conn: Some(t),
+                        });
+                        batch.push(Entry {
+                            ts,
+                            dir: Direction::In,
+                            kind: EntryKind::Binary(vec![t as u8, b as u8]),
+                            conn: Some(t),
+                        });
+                        batch.extend((5..10).map(text));
+                        for f in &files {
+                            f.record_batch(batch.clone());
+                        }
+                        if b % 10 == 0 {
+                            files[(t % 2) as usize].flush().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        recorder.flush_all().unwrap();
+        for (path, file) in paths.iter().zip(&files) {
+            let all = entries(path);
+            assert_eq!(
+                all.len() as u64,
+                THREADS * BATCHES * 12,
+                "{}",
+                path.display()
+            );
+            let mut next = vec![0u64; THREADS as usize];
+            for e in &all {
+                let t = e.conn.unwrap() as usize;
+                match &e.kind {
+                    EntryKind::Text(text) => {
+                        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                        assert_eq!(v["i"].as_u64(), Some(next[t]), "thread {t} out of order");
+                        next[t] += 1;
+                    }
+                    EntryKind::Binary(b) => assert_eq!(b, &vec![t as u8, (next[t] / 10) as u8]),
+                    EntryKind::Reconnected { attempt } => {
+                        assert_eq!(u64::from(*attempt), next[t] / 10 + 1)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(next.iter().all(|&n| n == BATCHES * 10), "{next:?}");
+            let stats = file.stats();
+            assert_eq!((stats.dropped, stats.write_errors), (0, 0));
+        }
+        recorder.stop().unwrap();
+    });
+}
+
+#[test]
 fn a_batch_recorded_by_many_threads_is_written_in_time_order() {
     within(LIMIT, || {
         let dir = TempDir::new("chrono");

@@ -36,7 +36,7 @@ use crate::protocol::jsonrpc::{IdGenerator, Request};
 use crate::protocol::subscriptions::SubscriptionTracker;
 use crate::protocol::{Inbound, Protocol, Session};
 use crate::rate_limit::{MessageInfo, MessageKind, TokenBucket};
-use crate::recorder::{Burst, Direction, Entry, EntryKind, RecordFile};
+use crate::recorder::{Direction, Entry, EntryKind, RecordFile};
 use serde_json::Value;
 
 use backoff::Backoff;
@@ -783,7 +783,7 @@ impl Conn {
                     Message::Binary(_) => 0,
                 })
                 .sum();
-            let mut burst = Burst::new(
+            let mut burst = file.new_burst(
                 SystemTime::now(),
                 Direction::In,
                 Some(self.shared.id),

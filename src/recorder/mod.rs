@@ -44,13 +44,13 @@ pub mod cassette;
 pub mod entry;
 mod redact;
 mod replay;
+mod syncer;
 mod timestamp;
 mod writer;
 
 pub use cassette::{
     Cassette, CassetteMode, CassetteSession, ReplayOptions, ReplayServer, Timing, CASSETTE_ENV,
 };
-pub(crate) use entry::Burst;
 pub use entry::{decode, encode, DecodeError, Direction, Entry, EntryKind};
 pub use redact::{Redactor, DEFAULT_SENSITIVE_KEYS, REDACTED};
 pub use replay::{metadata, replay, replay_timed, BadLine, Metadata, Recording, ReplaySummary};

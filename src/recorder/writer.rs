@@ -27,6 +27,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::entry::{encode_burst_into, encode_into, Burst, Direction, Entry, EntryKind, TsCache};
 use super::redact::Redactor;
+use super::syncer::{SyncState, Syncer};
 use crate::{ConfigError, Error, Result, TimeoutKind};
 
 const LOG: &str = "zen_websocket";
@@ -83,6 +84,12 @@ pub struct RecorderConfig {
     /// How long open, flush, commit and stop wait for the writer thread before
     /// returning [`Error::Timeout`] with [`TimeoutKind::Wait`]. Defaults to 30 s.
     pub flush_timeout: Duration,
+    /// Once this many bytes were written to a file since it was last synced,
+    /// a helper thread fsyncs it in the background, so a fast recording
+    /// reaches the disk as it goes and a flush waits only for the rest
+    /// (instead of for everything the page cache piled up). 0 turns it off.
+    /// Defaults to 64 MiB.
+    pub background_sync_bytes: u64,
 }
 
 impl Default for RecorderConfig {
@@ -94,6 +101,7 @@ impl Default for RecorderConfig {
             overflow: Overflow::Block,
             redactor: Redactor::default(),
             flush_timeout: Duration::from_secs(30),
+            background_sync_bytes: 64 << 20,
         }
     }
 }
@@ -190,6 +198,8 @@ struct Link {
     overflow: Overflow,
     timeout: Duration,
     stats: Arc<Stats>,
+    /// Emptied bursts on their way back from the writer, for reuse.
+    spare: Receiver<Burst>,
 }
 
 impl Link {
@@ -425,6 +435,7 @@ impl Recorder {
     pub fn start(config: RecorderConfig) -> Result<Recorder> {
         config.validate()?;
         let (tx, rx) = bounded(config.channel_capacity);
+        let (spare_tx, spare_rx) = bounded(SPARE_BURSTS);
         let stats = Arc::new(Stats::default());
         let name = format!(
             "zen-ws-recorder-{}",
@@ -436,11 +447,14 @@ impl Recorder {
             interval: config.flush_interval,
             redactor: config.redactor,
             stats: Arc::clone(&stats),
+            spare: spare_tx,
             files: HashMap::new(),
             by_path: HashMap::new(),
             deadlines: VecDeque::new(),
             next_id: 1,
             line: String::new(),
+            syncer: Syncer::new(format!("{name}-sync"), sync),
+            background_sync_bytes: config.background_sync_bytes,
         };
         let handle = thread::Builder::new()
             .name(name.clone())
@@ -452,6 +466,7 @@ impl Recorder {
                 overflow: config.overflow,
                 timeout: config.flush_timeout,
                 stats,
+                spare: spare_rx,
             }),
             thread: Mutex::new(Some(handle)),
             name,
@@ -723,6 +738,24 @@ impl RecordFile {
         }
     }
 
+    /// An empty burst for `record_burst`, reusing the buffers of one already
+    /// written when there is one.
+    pub(crate) fn new_burst(
+        &self,
+        ts: std::time::SystemTime,
+        dir: Direction,
+        conn: Option<u64>,
+        room: (usize, usize, usize),
+    ) -> Burst {
+        match self.inner.link.spare.try_recv() {
+            Ok(mut burst) => {
+                burst.reuse(ts, dir, conn, room);
+                burst
+            }
+            Err(_) => Burst::new(ts, dir, conn, room),
+        }
+    }
+
     /// Records a read burst with one hand-over; same blocking and dropping rules.
     pub(crate) fn record_burst(&self, burst: Burst) {
         if burst.is_empty() {
@@ -829,6 +862,9 @@ fn sync(file: &File) -> io::Result<()> {
     }
 }
 
+/// How many written bursts wait for reuse, per recorder (a few hundred KiB).
+const SPARE_BURSTS: usize = 16;
+
 /// What waits in a file's batch: one entry, or a whole read burst.
 enum Pending {
     One(Entry),
@@ -897,7 +933,11 @@ fn pack(entries: Vec<Entry>) -> (Vec<Pending>, usize) {
 /// One open file, owned by the writer thread.
 struct OpenFile {
     path: PathBuf,
-    file: File,
+    /// Shared only with the background syncer, for the length of one fsync.
+    file: Arc<File>,
+    /// Bytes written since the file was last synced (or handed to the syncer).
+    unsynced: u64,
+    sync_state: Arc<SyncState>,
     /// The temporary file while an `ReplaceAtomically` file is not committed.
     temp: Option<PathBuf>,
     mode: OpenMode,
@@ -925,6 +965,8 @@ struct Writer {
     interval: Duration,
     redactor: Redactor,
     stats: Arc<Stats>,
+    /// Where written bursts go back to the connections (see [`SPARE_BURSTS`]).
+    spare: Sender<Burst>,
     files: HashMap<u64, OpenFile>,
     by_path: HashMap<PathBuf, u64>,
     /// (deadline, file, generation), in deadline order: every deadline is
@@ -933,6 +975,8 @@ struct Writer {
     next_id: u64,
     /// The batch buffer, reused: one `write_all` per batch.
     line: String,
+    syncer: Syncer,
+    background_sync_bytes: u64,
 }
 
 impl Writer {
@@ -1110,7 +1154,9 @@ impl Writer {
             id,
             OpenFile {
                 path: key.clone(),
-                file,
+                file: Arc::new(file),
+                unsynced: 0,
+                sync_state: Arc::default(),
                 temp,
                 mode,
                 pending: Vec::new(),
@@ -1165,9 +1211,16 @@ impl Writer {
             .ok()
             .filter(|m| m.is_file())
             .map(|m| m.len());
-        match f.file.write_all(line.as_bytes()) {
+        match (&*f.file).write_all(line.as_bytes()) {
             Ok(()) => {
                 let bytes = line.len() as u64;
+                f.unsynced += bytes;
+                if self.background_sync_bytes > 0
+                    && f.unsynced >= self.background_sync_bytes
+                    && self.syncer.request(&f.file, &f.sync_state)
+                {
+                    f.unsynced = 0;
+                }
                 add(&f.counters.entries, n);
                 add(&f.counters.bytes, bytes);
                 add(&self.stats.total.entries, n);
@@ -1179,13 +1232,22 @@ impl Writer {
                 add(&self.stats.total.write_errors, n);
                 f.ever_failed = true;
                 let cut = before.is_some_and(|len| {
-                    f.file.set_len(len).is_ok() && f.file.seek(SeekFrom::Start(len)).is_ok()
+                    f.file.set_len(len).is_ok() && (&*f.file).seek(SeekFrom::Start(len)).is_ok()
                 });
                 f.needs_newline = !cut;
                 remember(f, e);
             }
         }
-        batch.clear();
+        // Written bursts go back for reuse: a connection then allocates
+        // nothing per burst, and no buffer is freed on another thread than the
+        // one that allocated it (which glibc pays for with its arena lock).
+        for item in batch.drain(..) {
+            if let Pending::Burst(burst) = item {
+                if burst.reusable() {
+                    let _ = self.spare.try_send(burst);
+                }
+            }
+        }
         f.pending = batch; // keep the allocation for the next batch
         if line.capacity() > 1 << 20 {
             // One huge frame should not pin a huge buffer forever.
@@ -1200,7 +1262,12 @@ impl Writer {
         let Some(f) = self.files.get_mut(&id) else {
             return Ok(());
         };
-        if let Err(e) = sync(&f.file) {
+        // Our own fsync first, then whatever a background sync met: an error
+        // is reported to one of them only (see the `syncer` module).
+        let own = sync(&f.file);
+        let background = f.sync_state.settle();
+        f.unsynced = 0;
+        for e in [own.err(), background].into_iter().flatten() {
             add(&f.counters.write_errors, 1);
             add(&self.stats.total.write_errors, 1);
             f.ever_failed = true;
@@ -1349,6 +1416,7 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_millis(100));
         assert_eq!(c.channel_capacity, 8192);
         assert_eq!(c.overflow, Overflow::Block);
+        assert_eq!(c.background_sync_bytes, 64 << 20);
         assert_eq!(OpenMode::default(), OpenMode::Append);
         assert!(c.validate().is_ok());
     }
