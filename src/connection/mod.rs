@@ -767,27 +767,25 @@ impl Conn {
         if batch.is_empty() {
             return Ok(());
         }
-        let bytes: usize = batch.iter().map(Message::len).sum();
+        // One pass for the counters and the recording's buffer sizes.
+        let (text, binary) = batch.iter().fold((0, 0), |(t, b), m| match m {
+            Message::Text(s) => (t + s.len(), b),
+            Message::Binary(v) => (t, b + v.len()),
+        });
         let c = &self.shared.counters;
         c.messages_in
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        c.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+        c.bytes_in
+            .fetch_add((text + binary) as u64, Ordering::Relaxed);
         if let Some(file) = &self.shared.record {
             // Recorded before delivery (the file shows what arrived even if the
             // consumer never reads it), as one hand-over per burst, stamped once:
             // the frames of a burst arrived together.
-            let text: usize = batch
-                .iter()
-                .map(|m| match m {
-                    Message::Text(t) => t.len(),
-                    Message::Binary(_) => 0,
-                })
-                .sum();
             let mut burst = file.new_burst(
                 SystemTime::now(),
                 Direction::In,
                 Some(self.shared.id),
-                (batch.len(), text, bytes.saturating_sub(text)),
+                (batch.len(), text, binary),
             );
             for m in batch.iter() {
                 match m {

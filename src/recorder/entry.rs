@@ -26,7 +26,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use super::redact::Redactor;
+use super::redact::{any_byte, Redactor};
 use super::timestamp::parse_timestamp;
 
 /// Who sent a frame, or `Internal` for the client's own lifecycle events.
@@ -379,25 +379,34 @@ pub(crate) struct Burst {
     frames: Vec<(bool, usize)>,
 }
 
+impl Default for Burst {
+    fn default() -> Self {
+        Burst {
+            ts: SystemTime::UNIX_EPOCH,
+            dir: Direction::In,
+            conn: None,
+            text: String::new(),
+            binary: Vec::new(),
+            frames: Vec::new(),
+        }
+    }
+}
+
 impl Burst {
     /// An empty burst with room for `frames` frames of `text` and `binary` bytes in all.
     pub(crate) fn new(
         ts: SystemTime,
         dir: Direction,
         conn: Option<u64>,
-        (frames, text, binary): (usize, usize, usize),
+        room: (usize, usize, usize),
     ) -> Burst {
-        Burst {
-            ts,
-            dir,
-            conn,
-            text: String::with_capacity(text),
-            binary: Vec::with_capacity(binary),
-            frames: Vec::with_capacity(frames),
-        }
+        let mut burst = Burst::default();
+        burst.reuse(ts, dir, conn, room);
+        burst
     }
 
-    /// Empties a written burst for reuse, keeping its buffers.
+    /// Empties a burst (a written one, for reuse), keeping its buffers, and
+    /// makes room as [`Burst::new`] does.
     pub(crate) fn reuse(
         &mut self,
         ts: SystemTime,
@@ -587,16 +596,7 @@ fn push_text_value(out: &mut String, redactor: &Redactor, t: &str) {
             | u8::from(b == b':')
             | u8::from(b == b'=')
     };
-    let bytes = t.as_bytes();
-    let mut chunks = bytes.chunks_exact(16);
-    let mut plain = true;
-    for chunk in &mut chunks {
-        if chunk.iter().fold(0, |acc, &b| acc | special(b)) != 0 {
-            plain = false;
-            break;
-        }
-    }
-    if plain && chunks.remainder().iter().all(|&b| special(b) == 0) {
+    if !any_byte(t.as_bytes(), special) {
         out.push('"');
         out.push_str(t);
         out.push('"');

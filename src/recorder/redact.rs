@@ -525,10 +525,17 @@ fn between(w: u64, low: u8, high: u8) -> u64 {
         & HIGH_BITS
 }
 
-/// True when `bytes` holds a `:`, `=` or `\\`. Written as a branch-free
-/// fold over 16-byte chunks, which the compiler turns into vector compares.
+/// True when `bytes` holds a `:`, `=` or `\\`.
 fn has_pair_or_escape(bytes: &[u8]) -> bool {
-    let hit = |b: u8| u8::from(b == b':') | u8::from(b == b'=') | u8::from(b == b'\\');
+    any_byte(bytes, |b| {
+        u8::from(b == b':') | u8::from(b == b'=') | u8::from(b == b'\\')
+    })
+}
+
+/// True when `hit` is non-zero for some byte. `hit` must be branch-free
+/// (`u8::from(b == x) | …`, not `matches!`): it is folded over 16-byte chunks,
+/// which the compiler turns into vector compares.
+pub(crate) fn any_byte(bytes: &[u8], hit: impl Fn(u8) -> u8) -> bool {
     let mut chunks = bytes.chunks_exact(16);
     for chunk in &mut chunks {
         if chunk.iter().fold(0, |acc, &b| acc | hit(b)) != 0 {
@@ -601,22 +608,10 @@ fn has_bit(set: &[u64; 4], b: u8) -> bool {
     set[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
+/// An ASCII letter or digit, `_` or `-`: a byte that can be part of a key.
 fn is_key_byte(b: u8) -> bool {
-    KEY_BYTES[b as usize]
+    FOLD[usize::from(b)] != 0
 }
-
-/// `is_key_byte` as a table: the prefilter runs it on every byte of every
-/// recorded text frame, and one load beats four comparisons.
-static KEY_BYTES: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
-        i += 1;
-    }
-    t
-};
 
 fn is_value_delimiter(b: u8) -> bool {
     b.is_ascii_whitespace()

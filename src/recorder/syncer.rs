@@ -222,7 +222,6 @@ mod tests {
             accepted += 1;
             assert!(accepted <= 2, "more than two syncs held");
         }
-        assert!(accepted >= 1);
         for _ in 0..accepted {
             gate_tx.send_timeout((), Duration::from_secs(10)).unwrap();
         }

@@ -686,24 +686,7 @@ impl RecordFile {
     /// channel is full; under [`Overflow::DropAndCount`] drops and counts
     /// instead. After the recorder stopped, the entry is counted as dropped.
     pub fn record(&self, entry: Entry) {
-        let h = &*self.inner;
-        let sent = {
-            let guard = h.link.tx.read();
-            match guard.as_ref() {
-                None => false,
-                Some(tx) => {
-                    let cmd = Cmd::Entry { file: h.id, entry };
-                    match h.link.overflow {
-                        Overflow::Block => tx.send(cmd).is_ok(),
-                        Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
-                    }
-                }
-            }
-        };
-        if !sent {
-            add(&h.counters.dropped, 1);
-            add(&h.link.stats.total.dropped, 1);
-        }
+        self.hand_over(1, |file| Cmd::Entry { file, entry });
     }
 
     /// Records many entries with one hand-over to the writer (cheaper than one
@@ -712,30 +695,8 @@ impl RecordFile {
         if entries.is_empty() {
             return;
         }
-        let h = &*self.inner;
-        let n = entries.len() as u64;
-        let sent = {
-            let guard = h.link.tx.read();
-            match guard.as_ref() {
-                None => false,
-                Some(tx) => {
-                    let (items, count) = pack(entries);
-                    let cmd = Cmd::Entries {
-                        file: h.id,
-                        items,
-                        count,
-                    };
-                    match h.link.overflow {
-                        Overflow::Block => tx.send(cmd).is_ok(),
-                        Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
-                    }
-                }
-            }
-        };
-        if !sent {
-            add(&h.counters.dropped, n);
-            add(&h.link.stats.total.dropped, n);
-        }
+        let (items, count) = pack(entries);
+        self.hand_over(count as u64, |file| Cmd::Entries { file, items, count });
     }
 
     /// An empty burst for `record_burst`, reusing the buffers of one already
@@ -747,13 +708,9 @@ impl RecordFile {
         conn: Option<u64>,
         room: (usize, usize, usize),
     ) -> Burst {
-        match self.inner.link.spare.try_recv() {
-            Ok(mut burst) => {
-                burst.reuse(ts, dir, conn, room);
-                burst
-            }
-            Err(_) => Burst::new(ts, dir, conn, room),
-        }
+        let mut burst = self.inner.link.spare.try_recv().unwrap_or_default();
+        burst.reuse(ts, dir, conn, room);
+        burst
     }
 
     /// Records a read burst with one hand-over; same blocking and dropping rules.
@@ -761,14 +718,19 @@ impl RecordFile {
         if burst.is_empty() {
             return;
         }
+        self.hand_over(burst.len() as u64, |file| Cmd::Burst { file, burst });
+    }
+
+    /// Sends the command `make` builds for `n` entries, under the overflow
+    /// policy; what cannot be sent is counted as dropped.
+    fn hand_over(&self, n: u64, make: impl FnOnce(u64) -> Cmd) {
         let h = &*self.inner;
-        let n = burst.len() as u64;
         let sent = {
             let guard = h.link.tx.read();
             match guard.as_ref() {
                 None => false,
                 Some(tx) => {
-                    let cmd = Cmd::Burst { file: h.id, burst };
+                    let cmd = make(h.id);
                     match h.link.overflow {
                         Overflow::Block => tx.send(cmd).is_ok(),
                         Overflow::DropAndCount => tx.try_send(cmd).is_ok(),
