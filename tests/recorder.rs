@@ -730,6 +730,38 @@ fn entries_are_written_by_age_and_by_batch_size_without_a_flush() {
 }
 
 #[test]
+fn a_flood_of_full_batches_reaches_the_file_without_a_flush() {
+    // Full batches coalesce into large writes; what is left after the last
+    // one (part of a line, even) must still go out soon, not at the next
+    // flush_interval (an hour here).
+    within(LIMIT, || {
+        let dir = TempDir::new("coalesced");
+        let path = dir.path("flood.jsonl");
+        let mut c = hold_everything();
+        c.batch_size = 64;
+        let recorder = Recorder::start(c).unwrap();
+        let file = recorder.open(&path, OpenMode::Append).unwrap();
+        let n = 3_000; // about 500 KB: two large writes and a rest
+        for i in 0..n {
+            file.record_text(Direction::In, &format!("{i:05} {}", "é".repeat(60)), None);
+        }
+        assert!(eventually(Duration::from_secs(20), || complete_entries(
+            &path
+        ) == n));
+        let read = texts(&path);
+        assert_eq!(read.len(), n);
+        for (i, t) in read.iter().enumerate() {
+            assert!(t.starts_with(&format!("{i:05} ")), "entry {i} is {t:?}");
+        }
+        // Nothing is half written: the last line is whole.
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        assert_eq!(file.stats().entries as usize, n);
+        recorder.stop().unwrap();
+    });
+}
+
+#[test]
 fn dropping_the_last_recorder_handle_flushes_and_stops_the_thread() {
     within(LIMIT, || {
         let dir = TempDir::new("dropped");
