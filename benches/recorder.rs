@@ -6,7 +6,7 @@
 //!   over in batches of 256 as a connection does, entries per second including
 //!   the final flush (fsync); best of three rounds;
 //! * (b) the inbound flood of the throughput bench, recording on versus off, in
-//!   the same run: twenty pairs of rounds, one of each back to back, in
+//!   the same run: thirty pairs of rounds, one of each back to back, in
 //!   alternating order; the figure is the median of the pairs' on/off ratios.
 //!   Why that statistic: a single 0.2 s round on a shared 2-core machine
 //!   varies by ±30 % and more, in phases that last seconds. The two rounds of
@@ -32,7 +32,7 @@ use zen_websocket::{Client, Config, Event, Message};
 const WRITER_ENTRIES: usize = 2_000_000;
 const WRITER_ROUNDS: usize = 3;
 const FLOOD_MESSAGES: usize = 500_000;
-const FLOOD_ROUNDS: usize = 20;
+const FLOOD_ROUNDS: usize = 30;
 
 fn main() {
     start_watchdog(Duration::from_secs(300));

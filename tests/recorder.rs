@@ -762,6 +762,44 @@ fn a_flood_of_full_batches_reaches_the_file_without_a_flush() {
 }
 
 #[test]
+fn writing_a_full_batch_early_leaves_the_next_batch_its_window_to_sort() {
+    // The output of a full batch may linger to join a larger write; when it
+    // goes, entries still pending must stay pending, so that one arriving
+    // later with an earlier stamp is still sorted before them.
+    within(LIMIT, || {
+        let dir = TempDir::new("window");
+        let path = dir.path("window.jsonl");
+        let mut c = hold_everything();
+        c.batch_size = 8;
+        let recorder = Recorder::start(c).unwrap();
+        let file = recorder.open(&path, OpenMode::Append).unwrap();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |s: u64, text: &str| Entry {
+            ts: t0 + Duration::from_secs(s),
+            dir: Direction::In,
+            kind: EntryKind::Text(text.into()),
+            conn: None,
+        };
+        for i in 0..8 {
+            file.record(at(i, &format!("full {i}")));
+        }
+        file.record(at(30, "late stamp, early arrival"));
+        // The full batch reaches the file (its linger), the pending entry does not.
+        assert!(eventually(Duration::from_secs(20), || complete_entries(
+            &path
+        ) == 8));
+        file.record(at(20, "early stamp, late arrival"));
+        file.flush().unwrap();
+        let read = texts(&path);
+        assert_eq!(
+            read[8..],
+            ["early stamp, late arrival", "late stamp, early arrival"]
+        );
+        recorder.stop().unwrap();
+    });
+}
+
+#[test]
 fn dropping_the_last_recorder_handle_flushes_and_stops_the_thread() {
     within(LIMIT, || {
         let dir = TempDir::new("dropped");

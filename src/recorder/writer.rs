@@ -78,7 +78,8 @@ pub enum OpenMode {
 pub struct RecorderConfig {
     /// A file's pending entries are sorted and written once this many have
     /// queued. Defaults to 256. Under heavy traffic, full batches are joined
-    /// into writes of 256 KiB or more; none waits more than 2 ms for that.
+    /// into writes of 256 KiB or more; what is left waits 2 ms for more
+    /// (and the last part of a page, 2 ms again).
     pub batch_size: usize,
     /// ...or once the oldest pending entry has waited this long. Defaults to 100 ms.
     pub flush_interval: Duration,
@@ -988,7 +989,8 @@ const WRITE_CHUNK: usize = 256 << 10;
 /// How long the output of a full batch may wait for more, to be written in
 /// one large write: under a flood, 2 ms bring about 900 KB, so most writes
 /// are whole [`WRITE_CHUNK`]s; when traffic is slower, a full batch still
-/// reaches the file within 2 ms.
+/// reaches the file within 2 ms, all but the part of a page at its end,
+/// which goes one linger later (with whatever has joined it).
 const LINGER: Duration = Duration::from_millis(2);
 
 /// The page size writes are aligned to.
@@ -1229,7 +1231,9 @@ impl Writer {
             if let Some(f) = self.files.get_mut(&id) {
                 f.lingering = false;
                 if !f.out.is_empty() {
-                    self.write_batch(id, Take::Pages);
+                    // Only what is encoded: entries still pending keep
+                    // their batch (its window to sort by `ts`) and deadline.
+                    self.write_out(id, Take::Pages);
                 }
             }
         }
@@ -1335,6 +1339,13 @@ impl Writer {
     /// partial take leaves waits for at most a linger. Errors are counted and
     /// kept for the next flush; the writer carries on with other files.
     fn write_batch(&mut self, id: u64, take: Take) {
+        self.encode_pending(id);
+        self.write_out(id, take);
+    }
+
+    /// Sorts a file's pending entries and encodes them, as one batch, onto
+    /// its output buffer.
+    fn encode_pending(&mut self, id: u64) {
         let Some(f) = self.files.get_mut(&id) else {
             return;
         };
@@ -1375,13 +1386,20 @@ impl Writer {
             }
             f.pending = batch; // keep the allocation for the next batch
         }
+    }
+
+    /// Writes as much of a file's output buffer as `take` says.
+    fn write_out(&mut self, id: u64, take: Take) {
+        let Some(f) = self.files.get_mut(&id) else {
+            return;
+        };
         let len = write_len(f.pos, &f.out, take);
         if take != Take::All && len < f.out.len() && !f.lingering {
-            // A full batch is not held for long: what is left after this
+            // Encoded output is not held for long: what is left after this
             // write goes out within `linger`, with whatever joins it.
-            f.lingering = true;
             if let Some(at) = Instant::now().checked_add(self.linger) {
                 self.lingers.push_back((at, id));
+                f.lingering = true;
             }
         }
         if len == 0 {
@@ -1400,6 +1418,7 @@ impl Writer {
         }
         match result {
             Ok(()) => {
+                debug_assert_eq!(done, len as u64, "a write that succeeds writes it all");
                 add(&f.counters.bytes, done);
                 add(&self.stats.total.bytes, done);
                 f.out.drain(..len);
@@ -1422,14 +1441,24 @@ impl Writer {
                 add(&self.stats.total.write_errors, lost);
                 f.ever_failed = true;
                 let partial = f.written - f.complete;
-                let cut = partial == 0
-                    || regular_len(&f.file)
-                        .and_then(|len| len.checked_sub(partial))
-                        .is_some_and(|len| {
-                            f.file.set_len(len).is_ok()
-                                && (&*f.file).seek(SeekFrom::Start(len)).is_ok()
-                        });
-                f.needs_newline = !cut;
+                let cut_to = regular_len(&f.file)
+                    .and_then(|len| len.checked_sub(partial))
+                    .filter(|&len| partial > 0 && f.file.set_len(len).is_ok());
+                if cut_to.is_some() {
+                    // The cut took back bytes earlier writes had counted.
+                    let counted = partial.saturating_sub(done);
+                    f.counters.bytes.fetch_sub(counted, Ordering::Relaxed);
+                    self.stats.total.bytes.fetch_sub(counted, Ordering::Relaxed);
+                } else {
+                    // They stay in the file: count them.
+                    add(&f.counters.bytes, done);
+                    add(&self.stats.total.bytes, done);
+                }
+                // (A file not opened to append must also be positioned at
+                // its new end, or the next write would leave a hole.)
+                let whole = partial == 0
+                    || cut_to.is_some_and(|len| (&*f.file).seek(SeekFrom::Start(len)).is_ok());
+                f.needs_newline = !whole;
                 f.pos = regular_len(&f.file);
                 f.out.clear();
                 f.written = 0;
@@ -1737,6 +1766,7 @@ mod tests {
         }
         assert_eq!(stats.entries as usize, texts.len());
         assert_eq!(stats.entries + stats.write_errors, 5010, "{stats:?}");
+        assert_eq!(stats.bytes, fs::metadata(&path).unwrap().len(), "{stats:?}");
         let _ = fs::remove_dir_all(&dir);
     }
 
