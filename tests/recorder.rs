@@ -100,6 +100,17 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Runs `body(t)` for every `t` in `0..threads`, each on a thread of its own,
+/// and returns when all are done (a panic in one fails the test).
+fn on_threads(threads: u64, body: impl Fn(u64) + Sync) {
+    thread::scope(|s| {
+        for t in 0..threads {
+            let body = &body;
+            s.spawn(move || body(t));
+        }
+    });
+}
+
 #[test]
 fn many_threads_recording_into_several_files_write_every_entry_exactly_once() {
     within(LIMIT, || {
@@ -115,25 +126,13 @@ fn many_threads_recording_into_several_files_write_every_entry_exactly_once() {
             .collect();
         const THREADS: u64 = 8;
         const PER_FILE: u64 = 300;
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let files = files.clone();
-                thread::spawn(move || {
-                    for i in 0..PER_FILE {
-                        for f in &files {
-                            f.record_text(
-                                Direction::In,
-                                &format!(r#"{{"t":{t},"i":{i}}}"#),
-                                Some(t),
-                            );
-                        }
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
+        on_threads(THREADS, |t| {
+            for i in 0..PER_FILE {
+                for f in &files {
+                    f.record_text(Direction::In, &format!(r#"{{"t":{t},"i":{i}}}"#), Some(t));
+                }
+            }
+        });
         recorder.flush_all().unwrap();
         for (path, file) in paths.iter().zip(&files) {
             let all = entries(path);
@@ -183,49 +182,41 @@ fn background_syncs_during_batched_recording_lose_and_reorder_nothing() {
             .collect();
         const THREADS: u64 = 4;
         const BATCHES: u64 = 50;
-        let workers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let files = files.clone();
-                thread::spawn(move || {
-                    for b in 0..BATCHES {
-                        // Frames that share a stamp, with a lifecycle entry and
-                        // a binary frame among them: packed into bursts.
-                        let ts = SystemTime::now();
-                        let text = |i: u64| Entry {
-                            ts,
-                            dir: Direction::In,
-                            kind: EntryKind::Text(format!(r#"{{"t":{t},"i":{}}}"#, b * 10 + i)),
-                            conn: Some(t),
-                        };
-                        let mut batch: Vec<Entry> = (0..5).map(text).collect();
-                        batch.push(Entry {
-                            ts,
-                            dir: Direction::Internal,
-                            kind: EntryKind::Reconnected {
-                                attempt: b as u32 + 1,
-                            },
-                            conn: Some(t),
-                        });
-                        batch.push(Entry {
-                            ts,
-                            dir: Direction::In,
-                            kind: EntryKind::Binary(vec![t as u8, b as u8]),
-                            conn: Some(t),
-                        });
-                        batch.extend((5..10).map(text));
-                        for f in &files {
-                            f.record_batch(batch.clone());
-                        }
-                        if b % 10 == 0 {
-                            files[(t % 2) as usize].flush().unwrap();
-                        }
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
+        on_threads(THREADS, |t| {
+            for b in 0..BATCHES {
+                // Frames that share a stamp, with a lifecycle entry and
+                // a binary frame among them: packed into bursts.
+                let ts = SystemTime::now();
+                let text = |i: u64| Entry {
+                    ts,
+                    dir: Direction::In,
+                    kind: EntryKind::Text(format!(r#"{{"t":{t},"i":{}}}"#, b * 10 + i)),
+                    conn: Some(t),
+                };
+                let mut batch: Vec<Entry> = (0..5).map(text).collect();
+                batch.push(Entry {
+                    ts,
+                    dir: Direction::Internal,
+                    kind: EntryKind::Reconnected {
+                        attempt: b as u32 + 1,
+                    },
+                    conn: Some(t),
+                });
+                batch.push(Entry {
+                    ts,
+                    dir: Direction::In,
+                    kind: EntryKind::Binary(vec![t as u8, b as u8]),
+                    conn: Some(t),
+                });
+                batch.extend((5..10).map(text));
+                for f in &files {
+                    f.record_batch(batch.clone());
+                }
+                if b % 10 == 0 {
+                    files[(t % 2) as usize].flush().unwrap();
+                }
+            }
+        });
         recorder.flush_all().unwrap();
         for (path, file) in paths.iter().zip(&files) {
             let all = entries(path);
@@ -266,19 +257,11 @@ fn a_batch_recorded_by_many_threads_is_written_in_time_order() {
         let path = dir.path("pool.jsonl");
         let recorder = Recorder::start(hold_everything()).unwrap();
         let file = recorder.open(&path, OpenMode::Append).unwrap();
-        let workers: Vec<_> = (0..8u64)
-            .map(|t| {
-                let file = file.clone();
-                thread::spawn(move || {
-                    for i in 0..500 {
-                        file.record_text(Direction::In, &format!("{t}/{i}"), Some(t));
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
+        on_threads(8, |t| {
+            for i in 0..500 {
+                file.record_text(Direction::In, &format!("{t}/{i}"), Some(t));
+            }
+        });
         file.flush().unwrap();
         let all = entries(&path);
         assert_eq!(all.len(), 4000);
@@ -640,19 +623,11 @@ fn every_entry_is_either_written_or_counted_with_a_one_slot_channel() {
             c.overflow = overflow;
             let recorder = Recorder::start(c).unwrap();
             let file = recorder.open(&path, OpenMode::Append).unwrap();
-            let workers: Vec<_> = (0..4)
-                .map(|t| {
-                    let file = file.clone();
-                    thread::spawn(move || {
-                        for i in 0..500 {
-                            file.record_text(Direction::In, &format!("{t}.{i}"), None);
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().unwrap();
-            }
+            on_threads(4, |t| {
+                for i in 0..500 {
+                    file.record_text(Direction::In, &format!("{t}.{i}"), None);
+                }
+            });
             file.flush().unwrap();
             let stats = file.stats();
             assert_eq!(

@@ -450,7 +450,7 @@ impl Burst {
         self.frames.is_empty()
     }
 
-    /// The frames as entries, in order (for tests and the rare slow path).
+    /// The frames as entries, in order (tests compare with them).
     #[cfg(test)]
     pub(crate) fn entries(&self) -> Vec<Entry> {
         let (mut t, mut b) = (0, 0);

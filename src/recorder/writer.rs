@@ -885,13 +885,12 @@ impl Pending {
 fn pack(entries: Vec<Entry>) -> (Vec<Pending>, usize) {
     let count = entries.len();
     // Room for everything in the first burst: a batch is usually one burst.
-    let mut room = entries
-        .iter()
-        .fold((count, 0, 0), |(n, t, b), e| match &e.kind {
-            EntryKind::Text(s) => (n, t + s.len(), b),
-            EntryKind::Binary(v) => (n, t, b + v.len()),
-            _ => (n, t, b),
-        });
+    let (text, binary) = entries.iter().fold((0, 0), |(t, b), e| match &e.kind {
+        EntryKind::Text(s) => (t + s.len(), b),
+        EntryKind::Binary(v) => (t, b + v.len()),
+        _ => (t, b),
+    });
+    let mut room = (count, text, binary);
     let mut items = Vec::new();
     let mut burst: Option<Burst> = None;
     for entry in entries {
@@ -902,18 +901,17 @@ fn pack(entries: Vec<Entry>) -> (Vec<Pending>, usize) {
         if !frame || !same {
             items.extend(burst.take().map(Pending::Burst));
         }
+        if !frame {
+            items.push(Pending::One(entry));
+            continue;
+        }
+        let b = burst.get_or_insert_with(|| {
+            Burst::new(entry.ts, entry.dir, entry.conn, mem::take(&mut room))
+        });
         match entry.kind {
-            EntryKind::Text(t) => burst
-                .get_or_insert_with(|| {
-                    Burst::new(entry.ts, entry.dir, entry.conn, mem::take(&mut room))
-                })
-                .push_text(&t),
-            EntryKind::Binary(b) => burst
-                .get_or_insert_with(|| {
-                    Burst::new(entry.ts, entry.dir, entry.conn, mem::take(&mut room))
-                })
-                .push_binary(&b),
-            _ => items.push(Pending::One(entry)),
+            EntryKind::Binary(data) => b.push_binary(&data),
+            EntryKind::Text(t) => b.push_text(&t),
+            _ => {}
         }
     }
     items.extend(burst.map(Pending::Burst));
@@ -1110,11 +1108,18 @@ impl Writer {
                 },
             };
             if let Some(cmd) = received {
+                let carried_entries = matches!(
+                    cmd,
+                    Cmd::Entry { .. } | Cmd::Entries { .. } | Cmd::Burst { .. }
+                );
                 if let Some(reply) = self.handle(cmd) {
                     let result = self.close_all();
                     self.drain_after_stop();
                     let _ = reply.send(result);
                     return;
+                }
+                if carried_entries {
+                    give_way();
                 }
             }
             self.write_due(Instant::now());
@@ -1128,20 +1133,13 @@ impl Writer {
     /// Handles one command; returns the reply channel of a `Stop`.
     fn handle(&mut self, cmd: Cmd) -> Option<Sender<Result<()>>> {
         match cmd {
-            Cmd::Entry { file, entry } => {
-                self.queue(file, Pending::One(entry));
-                give_way();
-            }
+            Cmd::Entry { file, entry } => self.queue(file, Pending::One(entry)),
             Cmd::Entries { file, items, .. } => {
                 for item in items {
                     self.queue(file, item);
                 }
-                give_way();
             }
-            Cmd::Burst { file, burst } => {
-                self.queue(file, Pending::Burst(burst));
-                give_way();
-            }
+            Cmd::Burst { file, burst } => self.queue(file, Pending::Burst(burst)),
             Cmd::Open { path, mode, reply } => {
                 let _ = reply.send(self.open(&path, mode));
             }
@@ -1459,7 +1457,7 @@ impl Writer {
                 let whole = partial == 0
                     || cut_to.is_some_and(|len| (&*f.file).seek(SeekFrom::Start(len)).is_ok());
                 f.needs_newline = !whole;
-                f.pos = regular_len(&f.file);
+                f.pos = cut_to.or_else(|| regular_len(&f.file));
                 f.out.clear();
                 f.written = 0;
                 f.complete = 0;
